@@ -7,12 +7,14 @@ A folder written by ``save`` loads in stock diffusers
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -30,6 +32,14 @@ DIFFUSERS_LIBS = {
     "scheduler": ["diffusers", "EulerDiscreteScheduler"],
 }
 MODULES = ("unet", "vae", "text_encoder", "text_encoder_2")
+TRANSFORMERS_NOISE = {
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "architectures",
+    "model_type",
+    "output_hidden_states",
+}
 SSDXL_INFO = "ssdxl.json"  # name, pipeline flags and generation defaults; diffusers ignores it
 
 
@@ -62,6 +72,25 @@ class Components:
         for module in self.modules().values():
             module.to(device=device, dtype=dtype)
         return self
+
+    def to_preset(self) -> Preset:
+        """The configs of these components, as a preset (what single files carry in their metadata)."""
+
+        def plain(config: Any) -> dict[str, Any]:
+            items = config.to_dict().items() if hasattr(config, "to_dict") else dict(config).items()
+            return {k: v for k, v in items if not k.startswith("_") and k not in TRANSFORMERS_NOISE}
+
+        return Preset(
+            name=self.name,
+            description=f"{self.name} (exported by ssdxl)",
+            unet=plain(self.unet.config),
+            vae=plain(self.vae.config),
+            text_encoder=plain(self.text_encoder.config) if self.text_encoder is not None else None,
+            text_encoder_2=plain(self.text_encoder_2.config),
+            scheduler=dict(self.scheduler_config),
+            pipeline=dict(self.pipeline),
+            defaults=dict(self.defaults),
+        )
 
     def save(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write a diffusers pipeline folder (safetensors weights, optionally cast to ``dtype``)."""
@@ -105,17 +134,25 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
-def build_components(preset: Preset, seed: int = 0, name: str | None = None) -> Components:
-    """Components with freshly initialised (random) weights in float32, reproducible for ``seed``."""
+def build_components(preset: Preset, seed: int = 0, name: str | None = None, empty: bool = False) -> Components:
+    """Components with random float32 weights, reproducible for ``seed``.
+
+    ``empty=True`` puts the parameters on the meta device instead (no memory, no init time), for
+    loaders that assign real tensors right after.
+    """
     torch.manual_seed(seed)
-    text_encoder = None
-    if preset.text_encoder is not None:
-        text_encoder = CLIPTextModel(CLIPTextConfig(**_without_meta(preset.text_encoder)))
+    with init_empty_weights() if empty else contextlib.nullcontext():
+        text_encoder = None
+        if preset.text_encoder is not None:
+            text_encoder = CLIPTextModel(CLIPTextConfig(**_without_meta(preset.text_encoder)))
+        unet = UNet2DConditionModel.from_config(preset.unet)
+        vae = AutoencoderKL.from_config(preset.vae)
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_without_meta(preset.text_encoder_2)))
     return Components(
-        unet=UNet2DConditionModel.from_config(preset.unet),
-        vae=AutoencoderKL.from_config(preset.vae),
+        unet=unet,
+        vae=vae,
         text_encoder=text_encoder,
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_without_meta(preset.text_encoder_2))),
+        text_encoder_2=text_encoder_2,
         tokenizer=clip_tokenizer("tokenizer") if text_encoder is not None else None,
         tokenizer_2=clip_tokenizer("tokenizer_2"),
         scheduler_config=dict(preset.scheduler),

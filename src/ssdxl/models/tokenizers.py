@@ -23,9 +23,7 @@ PAD_TOKENS = {"tokenizer": "<|endoftext|>", "tokenizer_2": "!"}
 def _bytes_to_unicode() -> list[str]:
     """CLIP's reversible map of the 256 byte values to printable characters, in vocabulary order."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     codes = printable[:]
     extra = 0

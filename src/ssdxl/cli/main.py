@@ -1,0 +1,295 @@
+"""The ``ssdxl`` command. Each subcommand is a thin layer over the Python API.
+
+Every user error (bad option, missing file, unusable model) prints one line and exits with
+code 2; no tracebacks for things the user can fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ssdxl.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Text-to-image for the SDXL family: SDXL, SSD-1B, Segmind-Vega.",
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def user_errors(func: F) -> F:
+    """Turn UserError (and unreadable input files) into a one-line message and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        quiet_libraries()
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def quiet_libraries() -> None:
+    """diffusers/transformers chatter (load bars, dtype notes) is noise on a CLI."""
+    import warnings
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
+    """'WxH' as (height, width), the order SDXL's conditioning uses."""
+    if text is None:
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"{option} must look like WIDTHxHEIGHT, e.g. 1024x1024; got {text!r}") from None
+    return height, width
+
+
+def open_image(path: Path | None, option: str):
+    if path is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except FileNotFoundError:
+        raise UserError(f"{option}: no such file {path}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{option}: {path} is not a readable image ({exc})") from None
+
+
+@app.command()
+@user_errors
+def generate(
+    prompt: Annotated[str | None, typer.Argument(help="What to draw.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Built-in name, folder, .safetensors or repo id.")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Image file (.png/.jpg/.webp); -N is added per sample.")
+    ] = Path("out.png"),
+    negative: Annotated[str, typer.Option("--negative", "-n", help="Negative prompt.")] = "",
+    width: Annotated[int | None, typer.Option("--width", "-W")] = None,
+    height: Annotated[int | None, typer.Option("--height", "-H")] = None,
+    steps: Annotated[int | None, typer.Option("--steps")] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", "--cfg", help="Classifier-free guidance scale.")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", "-s", help="e.g. Euler, 'Euler a', 'DPM++ 2M Karras', LCM.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="-1 picks a random seed (it is reported).")] = -1,
+    samples: Annotated[int, typer.Option("--samples", help="Images with seeds seed, seed+1, ...")] = 1,
+    init_image: Annotated[Path | None, typer.Option("--init-image", "-i", help="img2img / inpaint source.")] = None,
+    mask: Annotated[Path | None, typer.Option("--mask", help="Inpainting mask: white = repaint.")] = None,
+    strength: Annotated[
+        float | None, typer.Option("--strength", help="How much of the init image to re-noise (0-1].")
+    ] = None,
+    refiner: Annotated[str | None, typer.Option("--refiner", help="Refiner model to finish the schedule.")] = None,
+    high_noise_fraction: Annotated[
+        float, typer.Option("--high-noise-fraction", help="Where the base hands over to the refiner.")
+    ] = 0.8,
+    original_size: Annotated[str | None, typer.Option("--original-size", help="SDXL size conditioning, WxH.")] = None,
+    target_size: Annotated[
+        str | None, typer.Option("--target-size", help="SDXL target-size conditioning, WxH.")
+    ] = None,
+    crop: Annotated[str | None, typer.Option("--crop", help="SDXL crop conditioning TOP,LEFT.")] = None,
+    aesthetic_score: Annotated[float, typer.Option("--aesthetic-score", help="Refiner conditioning.")] = 6.0,
+    guidance_cutoff: Annotated[
+        float, typer.Option("--guidance-cutoff", help="Fraction of steps that use guidance.")
+    ] = 1.0,
+    from_png: Annotated[Path | None, typer.Option("--from-png", help="Re-create the image whose PNG is given.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow pickled checkpoints (can run code).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print paths, seeds and timings as JSON.")] = False,
+) -> None:
+    """Generate images: txt2img, img2img (--init-image), inpainting (--mask), base + refiner."""
+    from ssdxl.output.files import output_paths, request_from_png, save_image
+    from ssdxl.sampling.engine import Engine
+    from ssdxl.sampling.request import GenerationRequest
+
+    if from_png is not None:
+        request, stored = request_from_png(from_png)
+        model = model or stored.get("model")
+        refiner = refiner or stored.get("refiner_model")
+        if dtype == "auto" and stored.get("dtype"):
+            dtype = stored["dtype"]
+        if prompt is not None:
+            request.prompt = prompt
+    elif prompt is None:
+        raise UserError("give a PROMPT (or --from-png FILE)")
+    else:
+        crop_tl = (0, 0)
+        if crop is not None:
+            try:
+                crop_tl = tuple(int(v) for v in crop.split(","))  # type: ignore[assignment]
+            except ValueError:
+                raise UserError(f"--crop must look like TOP,LEFT; got {crop!r}") from None
+        request = GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance_scale=guidance,
+            scheduler=scheduler,
+            seed=seed,
+            samples=samples,
+            strength=strength,
+            refiner=refiner is not None,
+            high_noise_fraction=high_noise_fraction,
+            original_size=parse_size(original_size, "--original-size"),
+            target_size=parse_size(target_size, "--target-size"),
+            crop_top_left=crop_tl,
+            aesthetic_score=aesthetic_score,
+            guidance_cutoff=guidance_cutoff,
+        )
+    request.init_image = open_image(init_image, "--init-image")
+    request.mask_image = open_image(mask, "--mask")
+    if from_png is not None and request.strength is not None and request.init_image is None:
+        raise UserError(f"{from_png} was made from an init image: pass it again with --init-image")
+
+    engine = Engine.load(model, refiner=refiner, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    resolved = engine.resolve(request)
+    paths = output_paths(output, resolved.samples)
+    if paths[0].suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise UserError(f"unsupported output format {paths[0].suffix!r}; use .png, .jpg or .webp")
+    result = _run_with_progress(engine, resolved, quiet or as_json)
+    saved = [save_image(g, p) for g, p in zip(result.images, paths, strict=True)]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "model": result.model,
+                    "images": [{"path": str(p), "seed": g.seed} for p, g in zip(saved, result.images, strict=True)],
+                    "timings": {k: round(v, 4) for k, v in result.timings.items()},
+                    "device": engine.device.type,
+                    "dtype": str(engine.dtype).removeprefix("torch."),
+                },
+                indent=2,
+            )
+        )
+    elif not quiet:
+        for path, g in zip(saved, result.images, strict=True):
+            typer.echo(f"{path}  seed {g.seed}")
+
+
+def _run_with_progress(engine, request, quiet: bool):
+    if quiet:
+        return engine.generate(request)
+    from tqdm import tqdm
+
+    with tqdm(unit="step", file=sys.stderr, desc="sampling", dynamic_ncols=True) as bar:
+
+        def on_step(done: int, total: int, _latents) -> None:
+            if done == 1:  # a new sample, or the refiner's part of one
+                bar.reset(total=total)
+            bar.update(1)
+
+        return engine.generate(request, callback=on_step)
+
+
+@app.command()
+@user_errors
+def models() -> None:
+    """List architecture presets (with UNet parameter counts) and built-in models."""
+    from ssdxl.models import builtin
+    from ssdxl.models.presets import get_preset, preset_names, unet_stats
+
+    typer.echo(f"{'preset':<14}{'UNet params':>16}{'transformer blocks':>20}  description")
+    for name in preset_names():
+        preset = get_preset(name)
+        params, blocks = unet_stats(preset.unet)
+        typer.echo(f"{name:<14}{params:>16,}{blocks:>20}  {preset.description}")
+    names = builtin.names()
+    typer.echo("\nbuilt-in models: " + (", ".join(names) if names else "(none in this install)"))
+
+
+@app.command()
+@user_errors
+def schedulers() -> None:
+    """List scheduler names (Segmind, AUTOMATIC1111 and ComfyUI spellings are accepted too)."""
+    from ssdxl.sampling.schedulers import scheduler_names
+
+    for name in scheduler_names():
+        typer.echo(name)
+
+
+@app.command("init-random")
+@user_errors
+def init_random(
+    preset: Annotated[str, typer.Argument(help="sdxl-base, sdxl-refiner, ssd-1b or vega.")],
+    folder: Annotated[Path, typer.Argument(help="Where to write the diffusers folder.")],
+    scale: Annotated[str, typer.Option("--scale", help="full, or tiny (same structure, toy widths).")] = "full",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float32, float16 or bfloat16.")] = "float32",
+) -> None:
+    """Write a complete pipeline folder with random weights, for tests and speed benchmarks."""
+    from ssdxl.models.components import build_components
+    from ssdxl.models.presets import get_preset
+    from ssdxl.sampling.precision import DTYPES
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+    if folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} exists and is not empty")
+    components = build_components(get_preset(preset, scale), seed=seed)
+    components.save(folder, dtype=DTYPES[dtype])
+    typer.echo(f"wrote {preset} ({scale}) to {folder}")
+
+
+@app.command()
+@user_errors
+def convert(
+    source: Annotated[str, typer.Argument(help="Folder, single file, built-in name or repo id.")],
+    destination: Annotated[Path, typer.Argument(help="A .safetensors file (SGM layout) or a folder.")],
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype of the result.")] = "float32",
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
+) -> None:
+    """Convert between a diffusers folder and one SGM-layout file (what ComfyUI and A1111 load)."""
+    from ssdxl.models.convert import convert_model
+
+    convert_model(source, destination, dtype=dtype, allow_pickle=allow_pickle)
+    typer.echo(f"wrote {destination}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

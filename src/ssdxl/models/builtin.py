@@ -1,0 +1,28 @@
+"""Models shipped inside the package: diffusers folders under ``ssdxl/builtin/<name>/``.
+
+They are trained by the project itself (``scripts/train_builtin.sh``), so ``ssdxl generate`` works
+offline on a fresh install with no ``--model``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+DEFAULT_MODEL = "shapes"
+
+
+def _root() -> Path:
+    return Path(str(resources.files("ssdxl").joinpath("builtin")))
+
+
+def names() -> list[str]:
+    root = _root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "model_index.json").is_file())
+
+
+def resolve(name: str) -> Path | None:
+    """The folder of a built-in model, or None when ``name`` is not one (names never become paths)."""
+    return _root() / name if name in names() else None

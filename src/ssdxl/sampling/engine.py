@@ -1,0 +1,329 @@
+"""The engine: components loaded once, every request kind served by one path.
+
+``Engine.load`` picks device and precision; ``Engine.generate`` resolves a request against the
+model's defaults, encodes the prompts once, then for each sample draws its own seeded noise on
+the CPU (so a seed means the same picture on every device), denoises (handing latents to the
+refiner when asked), decodes and checks the pixels are finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ssdxl import __version__
+from ssdxl.conditioning.prompt import Conditioning, empty_like, encode_text, micro_conditioning
+from ssdxl.errors import UserError
+from ssdxl.models import builtin
+from ssdxl.models.components import Components
+from ssdxl.models.loading import file_hash, load_components, weights_file
+from ssdxl.output.infotext import build_infotext
+from ssdxl.sampling.loop import Inpainting, StepCallback, denoise, schedule_slice
+from ssdxl.sampling.precision import dtype_name, pick_device, pick_dtype
+from ssdxl.sampling.request import GeneratedImage, GenerationRequest, GenerationResult
+from ssdxl.sampling.schedulers import resolve_scheduler
+
+MAX_SEED = 2**63 - 1
+SIZE_MULTIPLE = 8
+MAX_SIDE = 4096
+
+
+class GenerationError(UserError):
+    """The model produced unusable output (e.g. NaN) for this request."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    components: Components
+    source: str  # what the user passed: built-in name, path or repo id
+    hash: str  # A1111-style short hash of the weights
+
+
+class Engine:
+    """Holds a base model (and optionally a refiner) on one device, ready for any request."""
+
+    def __init__(self, base: LoadedModel, refiner: LoadedModel | None, device: torch.device, dtype: torch.dtype):
+        self.base = base
+        self.refiner = refiner
+        self.device = device
+        self.dtype = dtype
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | None = None,
+        *,
+        refiner: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        allow_pickle: bool = False,
+    ) -> Engine:
+        torch_device = pick_device(device)
+        torch_dtype = pick_dtype(dtype, torch_device)
+        base = _load(model, torch_device, torch_dtype, allow_pickle)
+        ref = _load(refiner, torch_device, torch_dtype, allow_pickle) if refiner is not None else None
+        return cls(base, ref, torch_device, torch_dtype)
+
+    @property
+    def model_name(self) -> str:
+        return self.base.components.name
+
+    # ------------------------------------------------------------------ requests
+
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with defaults filled in and every field checked; seed -1 becomes a real seed."""
+        d = self.base.components.defaults
+        r = dataclasses.replace(request)
+        if r.init_image is not None and r.width is None and r.height is None:
+            r.width, r.height = (max(SIZE_MULTIPLE, s - s % SIZE_MULTIPLE) for s in r.init_image.size)
+        for name, fallback in (("width", 1024), ("height", 1024), ("steps", 30)):
+            if getattr(r, name) is None:
+                setattr(r, name, d.get(name, fallback))
+        r.guidance_scale = d.get("guidance_scale", 7.0) if r.guidance_scale is None else r.guidance_scale
+        r.scheduler = resolve_scheduler(r.scheduler or d.get("scheduler", "Euler")).name
+        if r.strength is None and r.init_image is not None:
+            r.strength = 1.0 if r.mask_image is not None else d.get("strength", 0.75)
+        if r.seed == -1:
+            r.seed = secrets.randbelow(2**32)
+        _check(r, refiner_loaded=self.refiner is not None)
+        return r
+
+    def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
+        r = self.resolve(request)
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        with torch.inference_mode():
+            with _timed(timings, "text_encode"):
+                base_cond = self._conditioning(self.base.components, r)
+                refiner_cond = self._conditioning(self.refiner.components, r) if r.refiner else None
+            init = self._encode_init(r) if r.init_image is not None else None
+            images = []
+            for i in range(r.samples):
+                seed = r.seed + i
+                latents = self._sample(r, seed, base_cond, refiner_cond, init, timings, callback)
+                with _timed(timings, "decode"):
+                    image = self._decode(self._final_vae(r), latents)
+                if r.kind == "inpaint":
+                    image = _composite(r.init_image.resize(image.size), image, r.mask_image.resize(image.size))
+                params = {
+                    **r.to_params(),
+                    "seed": seed,
+                    "samples": 1,
+                    "model": self.base.source,
+                    "refiner_model": self.refiner.source if r.refiner else None,
+                    "dtype": dtype_name(self.dtype),
+                    "device": self.device.type,
+                }
+                info = build_infotext(
+                    params, model_name=self.model_name, model_hash=self.base.hash, version=__version__
+                )
+                images.append(GeneratedImage(image=image, seed=seed, infotext=info, params=params))
+        timings["total"] = time.perf_counter() - t_start
+        return GenerationResult(images=images, timings=timings, model=self.model_name)
+
+    # ------------------------------------------------------------------ stages
+
+    def _conditioning(self, comps: Components, r: GenerationRequest) -> tuple[Conditioning, Conditioning]:
+        embeds, pooled = encode_text(comps, [r.prompt])
+        if r.negative_prompt or not comps.pipeline.get("force_zeros_for_empty_prompt", True):
+            neg_embeds, neg_pooled = encode_text(comps, [r.negative_prompt])
+        else:
+            neg_embeds, neg_pooled = empty_like(embeds, pooled)
+        size = (r.height, r.width)
+        original = r.original_size or size
+        target = r.target_size or size
+        pos_ids = micro_conditioning(comps, original, r.crop_top_left, target, r.aesthetic_score)
+        neg_ids = micro_conditioning(comps, original, r.crop_top_left, target, r.negative_aesthetic_score)
+        to = {"device": self.device, "dtype": self.dtype}
+        cond = Conditioning(embeds.to(**to), pooled.to(**to), pos_ids.to(**to))
+        uncond = Conditioning(neg_embeds.to(**to), neg_pooled.to(**to), neg_ids.to(**to))
+        return cond, uncond
+
+    def _encode_init(self, r: GenerationRequest) -> torch.Tensor:
+        vae = self.base.components.vae
+        pixels = _to_tensor(r.init_image.convert("RGB").resize((r.width, r.height), Image.LANCZOS))
+        pixels = pixels.to(self.device, self._vae_dtype(vae))
+        latents = vae.encode(pixels).latent_dist.mode()
+        return _scale_latents(vae, latents).to(self.dtype)
+
+    def _sample(self, r, seed, base_cond, refiner_cond, init, timings, callback) -> torch.Tensor:
+        comps = self.base.components
+        generator = torch.Generator("cpu").manual_seed(seed)
+        shape = (1, comps.unet.config.in_channels, r.height // comps.vae_scale, r.width // comps.vae_scale)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+        scheduler = resolve_scheduler(r.scheduler).build(comps.scheduler_config)
+        end = r.high_noise_fraction if r.refiner else 1.0
+        timesteps = schedule_slice(scheduler, r.steps, strength=r.strength or 1.0, end=end)
+        if not len(timesteps):
+            raise UserError("strength x steps leaves no step to run; raise --strength or --steps")
+        if init is None or (r.strength or 1.0) >= 1.0:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            latents = scheduler.add_noise(init, noise, timesteps[:1])
+        inpainting = None
+        if r.kind == "inpaint":
+            inpainting = Inpainting(init, noise, _latent_mask(r.mask_image, latents))
+        with _timed(timings, "denoise"):
+            latents = denoise(
+                comps.unet,
+                scheduler,
+                latents,
+                timesteps,
+                *base_cond,
+                r.guidance_scale,
+                generator,
+                guidance_cutoff=r.guidance_cutoff,
+                inpainting=inpainting,
+                callback=callback,
+            )
+        _check_finite(latents, "base model latents", self.dtype)
+        if r.refiner:
+            latents = self._refine(r, latents, refiner_cond, generator, timings, callback)
+        return latents
+
+    def _refine(self, r, latents, refiner_cond, generator, timings, callback) -> torch.Tensor:
+        """Finish the schedule with the refiner from where the base stopped, without decoding."""
+        comps = self.refiner.components
+        scheduler = resolve_scheduler(r.scheduler).build(comps.scheduler_config)
+        timesteps = schedule_slice(scheduler, r.steps, strength=r.strength or 1.0, start=r.high_noise_fraction)
+        with _timed(timings, "refine"):
+            latents = denoise(
+                comps.unet,
+                scheduler,
+                latents,
+                timesteps,
+                *refiner_cond,
+                r.guidance_scale,
+                generator,
+                guidance_cutoff=r.guidance_cutoff,
+                callback=callback,
+            )
+        _check_finite(latents, "refiner latents", self.dtype)
+        return latents
+
+    def _final_vae(self, r: GenerationRequest):
+        return (self.refiner if r.refiner else self.base).components.vae
+
+    def _vae_dtype(self, vae) -> torch.dtype:
+        """float16 VAEs that overflow (the original SDXL VAE) run in float32 instead."""
+        if self.dtype == torch.float16 and vae.config.get("force_upcast", False):
+            return torch.float32
+        return self.dtype
+
+    def _decode(self, vae, latents: torch.Tensor) -> Image.Image:
+        image = self._run_vae_decode(vae, latents, self._vae_dtype(vae))
+        if not torch.isfinite(image).all() and self._vae_dtype(vae) != torch.float32:
+            image = self._run_vae_decode(vae, latents, torch.float32)  # overflow at low precision: retry
+        _check_finite(image, "decoded image", self.dtype)
+        return _to_pil(image[0])
+
+    def _run_vae_decode(self, vae, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        with _vae_in(vae, dtype):
+            return vae.decode(_unscale_latents(vae, latents).to(dtype)).sample.float()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _load(source, device: torch.device, dtype: torch.dtype, allow_pickle: bool) -> LoadedModel:
+    components = load_components(source, dtype=dtype, allow_pickle=allow_pickle).to(device, dtype)
+    for module in components.modules().values():
+        module.eval().requires_grad_(False)
+    source_text = builtin.DEFAULT_MODEL if source is None else str(source)
+    path = builtin.resolve(source_text) or Path(source_text)
+    weights = weights_file(path) if path.exists() else None
+    return LoadedModel(components, source_text, file_hash(weights) if weights else "")
+
+
+def _check(r: GenerationRequest, refiner_loaded: bool) -> None:
+    for name in ("width", "height"):
+        value = getattr(r, name)
+        if value % SIZE_MULTIPLE or not SIZE_MULTIPLE <= value <= MAX_SIDE:
+            nearest = min(MAX_SIDE, max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE))
+            raise UserError(
+                f"{name} {value} is not a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and "
+                f"{MAX_SIDE}; nearest valid: {nearest}"
+            )
+    if not 1 <= r.steps <= 1000:
+        raise UserError(f"steps must be between 1 and 1000, got {r.steps}")
+    if not 0 <= r.guidance_scale <= 50:
+        raise UserError(f"guidance scale must be between 0 and 50, got {r.guidance_scale}")
+    if not 1 <= r.samples <= 64:
+        raise UserError(f"samples must be between 1 and 64, got {r.samples}")
+    if not 0 <= r.seed <= MAX_SEED - r.samples:
+        raise UserError(f"seed must be -1 (random) or between 0 and {MAX_SEED - r.samples}, got {r.seed}")
+    if r.strength is not None and not 0 < r.strength <= 1:
+        raise UserError(f"strength must be in (0, 1], got {r.strength}")
+    if not 0 < r.high_noise_fraction < 1:
+        raise UserError(f"high noise fraction must be in (0, 1), got {r.high_noise_fraction}")
+    if not 0 <= r.guidance_cutoff <= 1:
+        raise UserError(f"guidance cutoff must be in [0, 1], got {r.guidance_cutoff}")
+    if r.refiner and not refiner_loaded:
+        raise UserError("refiner requested but no refiner model is loaded (pass --refiner MODEL)")
+    if r.mask_image is not None and r.init_image is None:
+        raise UserError("a mask needs an init image to inpaint")
+
+
+def _check_finite(tensor: torch.Tensor, what: str, dtype: torch.dtype) -> None:
+    if not torch.isfinite(tensor).all():
+        hint = "; try --dtype float32" if dtype != torch.float32 else ""
+        raise GenerationError(f"the model produced NaN/inf values in the {what}{hint}")
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+@contextmanager
+def _vae_in(vae, dtype: torch.dtype):
+    original = vae.dtype
+    if dtype != original:
+        vae.to(dtype)
+    try:
+        yield
+    finally:
+        if dtype != original:
+            vae.to(original)
+
+
+def _scale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    shift = vae.config.get("shift_factor") or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def _unscale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    shift = vae.config.get("shift_factor") or 0.0
+    return latents / vae.config.scaling_factor + shift
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def _latent_mask(mask: Image.Image, latents: torch.Tensor) -> torch.Tensor:
+    h, w = latents.shape[-2:]
+    small = np.asarray(mask.convert("L").resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    return torch.from_numpy(small)[None, None].to(latents.device, latents.dtype)
+
+
+def _composite(original: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
+    """Keep the original pixels exactly where the mask is black; blend where it is grey."""
+    return Image.composite(generated, original.convert("RGB"), mask.convert("L"))

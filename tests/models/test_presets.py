@@ -1,0 +1,42 @@
+import pytest
+
+from ssdxl.errors import UserError
+from ssdxl.models.presets import get_preset, preset_names, unet_stats
+
+PUBLISHED = {
+    "sdxl-base": (2_567_463_684, 70),
+    "sdxl-refiner": (2_259_526_660, 44),
+    "ssd-1b": (1_331_334_404, 34),
+    "vega": (745_225_604, 15),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_full_size_unet_matches_published_counts(name):
+    assert unet_stats(get_preset(name).unet) == PUBLISHED[name]
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_tiny_copy_keeps_structure(name):
+    full, tiny = get_preset(name), get_preset(name, "tiny")
+    assert unet_stats(tiny.unet)[1] == PUBLISHED[name][1]  # same transformer blocks
+    assert unet_stats(tiny.unet)[0] < 30_000_000
+    for key in ("down_block_types", "up_block_types", "mid_block_type", "layers_per_block"):
+        assert tiny.unet.get(key) == full.unet.get(key)
+    assert tiny.is_refiner == full.is_refiner
+
+
+def test_presets_listed_and_unknown_rejected():
+    assert set(preset_names()) == set(PUBLISHED)
+    with pytest.raises(UserError, match="unknown preset"):
+        get_preset("sdxl-turbo")
+    with pytest.raises(UserError, match="unknown scale"):
+        get_preset("vega", "huge")
+
+
+def test_saved_folder_loads_in_stock_diffusers(tiny_dir):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_dir("vega"))
+    image = pipe("a cat", num_inference_steps=2, height=64, width=64, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
