@@ -138,3 +138,13 @@ def test_init_random_and_convert(tmp_path):
 def test_schedulers_lists_segmind_and_a1111_names():
     names = run("schedulers").stdout.splitlines()
     assert {"Euler a", "DPM++ 2M Karras", "DPM2 a Karras", "UniPC", "LCM"} <= set(names)
+
+
+def test_eval_adherence_prints_a_table_and_writes_json(tiny_dir, tmp_path):
+    report = tmp_path / "adherence.json"
+    result = run("eval", "adherence", "-m", tiny_dir("vega"), "--singles", 2, "--pairs", 1, "--steps", 1,
+                 "--json", report)
+    assert result.exit_code == 0, result.output
+    assert "background" in result.stdout and "relation" in result.stdout and "fid" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["counts"]["all"] == 3 and 0.0 <= data["accuracy"]["all"] <= 1.0

@@ -89,3 +89,19 @@ def test_convert_refuses_to_overwrite(tiny_dir, tmp_path):
     with pytest.raises(UserError, match="already exists"):
         convert_model(tiny_dir("vega"), target)
     assert target.read_bytes() == b"keep me"
+
+
+def test_repo_id_loads_from_the_local_hugging_face_cache_offline(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--segmind--SSD-1B"
+    shutil.copytree(tiny_dir("ssd-1b"), repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    components = load_components("segmind/SSD-1B")
+    expected = load_components(tiny_dir("ssd-1b"))
+    assert torch.equal(components.unet.conv_in.weight, expected.unet.conv_in.weight)

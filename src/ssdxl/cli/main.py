@@ -125,6 +125,9 @@ def generate(
     ] = None,
     crop: Annotated[str | None, typer.Option("--crop", help="SDXL crop conditioning TOP,LEFT.")] = None,
     aesthetic_score: Annotated[float, typer.Option("--aesthetic-score", help="Refiner conditioning.")] = 6.0,
+    negative_aesthetic_score: Annotated[
+        float, typer.Option("--negative-aesthetic-score", help="Refiner conditioning of the negative branch.")
+    ] = 2.5,
     guidance_cutoff: Annotated[
         float, typer.Option("--guidance-cutoff", help="Fraction of steps that use guidance.")
     ] = 1.0,
@@ -176,6 +179,7 @@ def generate(
             target_size=parse_size(target_size, "--target-size"),
             crop_top_left=crop_tl,
             aesthetic_score=aesthetic_score,
+            negative_aesthetic_score=negative_aesthetic_score,
             guidance_cutoff=guidance_cutoff,
         )
     request.init_image = open_image(init_image, "--init-image")
@@ -285,6 +289,30 @@ def convert(
 
     convert_model(source, destination, dtype=dtype, allow_pickle=allow_pickle)
     typer.echo(f"wrote {destination}")
+
+
+# Subcommands that live in their own modules, as "name": "module:attribute". The attribute is a
+# command function or a typer.Typer group. Imported when the CLI starts, so they stay cheap to import.
+SUBCOMMANDS = {
+    "eval": "ssdxl.cli.evaluate:app",
+}
+
+
+def register_subcommands() -> None:
+    import importlib
+
+    for name, target in SUBCOMMANDS.items():
+        module, attribute = target.split(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if isinstance(command, typer.Typer):
+            for info in command.registered_commands:
+                info.callback = user_errors(info.callback)
+            app.add_typer(command, name=name)
+        else:
+            app.command(name)(user_errors(command))
+
+
+register_subcommands()
 
 
 def main() -> None:

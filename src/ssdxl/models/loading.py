@@ -50,10 +50,8 @@ def load_components(
         return load_single_file(path, dtype=dtype, allow_pickle=allow_pickle)
     if HF_ID.match(text) and not text.startswith((".", "/")):
         return load_folder(download(text), dtype=dtype, allow_pickle=allow_pickle)
-    raise UserError(
-        f"model {text!r} not found: not a built-in name ({', '.join(builtin.names())}), "
-        "folder, file or Hugging Face repo id"
-    )
+    known = ", ".join(builtin.names()) or "none installed"
+    raise UserError(f"model {text!r} not found: not a built-in name ({known}), folder, file or Hugging Face repo id")
 
 
 def download(repo_id: str) -> Path:
