@@ -4,12 +4,15 @@ presets, toy widths), and an engine holding the tiny Vega (fewest blocks, fastes
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# ssdxl's cache (model hashes, OpenVINO exports) goes to a fresh folder, so no test sees another's exports
+os.environ["SSDXL_CACHE"] = tempfile.mkdtemp(prefix="ssdxl-test-cache-")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -40,3 +40,15 @@ def test_saved_folder_loads_in_stock_diffusers(tiny_dir):
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_dir("vega"))
     image = pipe("a cat", num_inference_steps=2, height=64, width=64, output_type="np").images[0]
     assert image.shape == (64, 64, 3)
+
+
+def test_saving_in_half_precision_leaves_the_weights_in_memory_untouched(tmp_path):
+    import torch
+
+    from ssdxl.models.components import build_components
+
+    components = build_components(get_preset("vega", "tiny"), seed=1)
+    before = components.unet.conv_in.weight.detach().clone()
+    components.save(tmp_path / "half", dtype=torch.float16)
+    assert torch.equal(components.unet.conv_in.weight, before)
+    assert components.unet.conv_in.weight.dtype == torch.float32

@@ -131,6 +131,15 @@ def generate(
     guidance_cutoff: Annotated[
         float, typer.Option("--guidance-cutoff", help="Fraction of steps that use guidance.")
     ] = 1.0,
+    cache_interval: Annotated[
+        int, typer.Option("--cache-interval", help="DeepCache: full UNet every N steps, cheap ones between (1 = off).")
+    ] = 1,
+    backend: Annotated[
+        str, typer.Option("--backend", help="auto (OpenVINO once exported, else PyTorch), torch or openvino.")
+    ] = "auto",
+    optimize: Annotated[
+        bool, typer.Option("--optimize/--no-optimize", help="The measured CPU settings (channels-last, VAE tiling).")
+    ] = True,
     from_png: Annotated[Path | None, typer.Option("--from-png", help="Re-create the image whose PNG is given.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
@@ -181,13 +190,22 @@ def generate(
             aesthetic_score=aesthetic_score,
             negative_aesthetic_score=negative_aesthetic_score,
             guidance_cutoff=guidance_cutoff,
+            cache_interval=cache_interval,
         )
     request.init_image = open_image(init_image, "--init-image")
     request.mask_image = open_image(mask, "--mask")
     if from_png is not None and request.strength is not None and request.init_image is None:
         raise UserError(f"{from_png} was made from an init image: pass it again with --init-image")
 
-    engine = Engine.load(model, refiner=refiner, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    engine = Engine.load(
+        model,
+        refiner=refiner,
+        device=device,
+        dtype=dtype,
+        allow_pickle=allow_pickle,
+        backend=backend,
+        optimize=optimize,
+    )
     resolved = engine.resolve(request)
     paths = output_paths(output, resolved.samples)
     if paths[0].suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
@@ -294,7 +312,13 @@ def convert(
 # Subcommands that live in their own modules, as "name": "module:attribute". The attribute is a
 # command function or a typer.Typer group. Imported when the CLI starts, so they stay cheap to import.
 SUBCOMMANDS = {
+    "train": "ssdxl.cli.train:train",
+    "serve": "ssdxl.cli.serve:serve",
+    "worker": "ssdxl.cli.serve:worker",
+    "keys": "ssdxl.cli.serve:keys",
     "eval": "ssdxl.cli.evaluate:app",
+    "bench": "ssdxl.cli.bench:bench",
+    "export": "ssdxl.cli.bench:export_app",
 }
 
 

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ssdxl.conditioning.weighting import parse_weights
 from ssdxl.models.components import Components
+
+CHUNK_TOKENS = 75  # CLIP's 77 positions minus BOS and EOS
 
 
 @dataclass
@@ -42,27 +45,72 @@ class Conditioning:
 
 
 def encode_text(components: Components, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(embeds, pooled) for ``prompts``; text longer than 75 tokens is cut, as in diffusers."""
-    towers = [
-        (components.tokenizer, components.text_encoder),
-        (components.tokenizer_2, components.text_encoder_2),
-    ]
+    """(embeds [B, 77*k, D], pooled [B, P]) for ``prompts``, weighted and in 75-token chunks.
+
+    Prompts longer than 75 tokens (or split by ``BREAK``) are encoded chunk by chunk and the chunks
+    concatenated along the sequence, as AUTOMATIC1111 does; every prompt of the batch gets as many
+    chunks as the longest (empty chunks pad), so they can share one UNet batch. A prompt with no
+    weighting syntax that fits in 75 tokens encodes exactly as diffusers encodes it.
+    """
+    fragments = [parse_weights(p) for p in prompts]
     hidden = []
     pooled = None
-    for tokenizer, encoder in towers:
+    for tokenizer, encoder in (
+        (components.tokenizer, components.text_encoder),
+        (components.tokenizer_2, components.text_encoder_2),
+    ):
         if encoder is None:
             continue
-        ids = tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(encoder.device)
-        out = encoder(ids, output_hidden_states=True)
-        hidden.append(out.hidden_states[-2])
-        pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
+        chunked = [_chunks(tokenizer, f) for f in fragments]
+        n_chunks = max(len(c) for c in chunked)
+        chunked = [c + [[]] * (n_chunks - len(c)) for c in chunked]
+        ids, weights = _chunk_tensors(tokenizer, [chunk for c in chunked for chunk in c])
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        states = _apply_weights(out.hidden_states[-2], weights.to(encoder.device))
+        hidden.append(states.reshape(len(prompts), n_chunks * states.shape[1], states.shape[2]))
+        pooled_all = out.text_embeds if hasattr(out, "text_embeds") else out[0]
+        pooled = pooled_all.reshape(len(prompts), n_chunks, -1)[:, 0]  # the first chunk's, as A1111
     return torch.cat(hidden, dim=-1), pooled
+
+
+def _chunks(tokenizer, fragments: list[tuple[str, float]]) -> list[list[tuple[int, float]]]:
+    """Token ids with their weights, cut into chunks of at most 75 (and at every BREAK)."""
+    chunks: list[list[tuple[int, float]]] = []
+    current: list[tuple[int, float]] = []
+    for text, weight in fragments:
+        if weight < 0:  # BREAK
+            chunks.append(current)
+            current = []
+            continue
+        for token in tokenizer(text, add_special_tokens=False, verbose=False).input_ids:
+            if len(current) == CHUNK_TOKENS:
+                chunks.append(current)
+                current = []
+            current.append((token, weight))
+    if current or not chunks:
+        chunks.append(current)
+    return chunks
+
+
+def _chunk_tensors(tokenizer, chunks: list[list[tuple[int, float]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each chunk as 77 ids: BOS, tokens, EOS, then the tokenizer's own padding."""
+    ids, weights = [], []
+    for chunk in chunks:
+        pad = CHUNK_TOKENS - len(chunk)
+        ids.append(
+            [tokenizer.bos_token_id, *(t for t, _ in chunk), tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad
+        )
+        weights.append([1.0, *(w for _, w in chunk), 1.0] + [1.0] * pad)
+    return torch.tensor(ids), torch.tensor(weights)
+
+
+def _apply_weights(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Scale each token's states by its weight, then restore the mean (A1111's method)."""
+    if bool((weights == 1.0).all()):
+        return states
+    original_mean = states.float().mean()
+    weighted = states.float() * weights[..., None]
+    return (weighted * (original_mean / weighted.mean())).to(states.dtype)
 
 
 def micro_conditioning(

@@ -8,6 +8,7 @@ A folder written by ``save`` loads in stock diffusers
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,11 +105,10 @@ class Components:
         if self.is_refiner:
             index["requires_aesthetics_score"] = bool(self.pipeline.get("requires_aesthetics_score"))
         for name, module in self.modules().items():
-            original = next(module.parameters()).dtype
-            if dtype is not None:
-                module.to(dtype)
-            module.save_pretrained(folder / name, safe_serialization=True)
-            module.to(original)
+            # a cast copy, one module at a time: casting in place and back would round the weights
+            stored = module if dtype is None else copy.deepcopy(module).to(dtype)
+            stored.save_pretrained(folder / name, safe_serialization=True)
+            del stored
             index[name] = DIFFUSERS_LIBS[name]
         for name in ("tokenizer", "tokenizer_2"):
             tokenizer = getattr(self, name)

@@ -4,6 +4,13 @@
 model's defaults, encodes the prompts once, then for each sample draws its own seeded noise on
 the CPU (so a seed means the same picture on every device), denoises (handing latents to the
 refiner when asked), decodes and checks the pixels are finite.
+
+``Engine.generate_batch`` runs several compatible requests (equal ``Engine.batch_key``) through
+the UNet as one batch, for a server with concurrent clients. Every image keeps its own CPU
+generator for the initial and the per-step noise, so it is the image its request gives alone:
+bit for bit where the backend's batched kernels match single ones (bfloat16 on CPU), within float
+rounding otherwise (float32 on CPU differs by ~1e-6 in the latents, at most a level or two of
+the 8-bit pixels).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from ssdxl.sampling.loop import Inpainting, StepCallback, denoise, schedule_slic
 from ssdxl.sampling.precision import dtype_name, pick_device, pick_dtype
 from ssdxl.sampling.request import GeneratedImage, GenerationRequest, GenerationResult
 from ssdxl.sampling.schedulers import resolve_scheduler
+from ssdxl.speed.runtime import Runtime
 
 MAX_SEED = 2**63 - 1
 SIZE_MULTIPLE = 8
@@ -49,11 +57,19 @@ class LoadedModel:
 class Engine:
     """Holds a base model (and optionally a refiner) on one device, ready for any request."""
 
-    def __init__(self, base: LoadedModel, refiner: LoadedModel | None, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        base: LoadedModel,
+        refiner: LoadedModel | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        runtime: Runtime | None = None,
+    ):
         self.base = base
         self.refiner = refiner
         self.device = device
         self.dtype = dtype
+        self.runtime = runtime or Runtime()  # how the UNets and decoders run (ssdxl.speed)
 
     @classmethod
     def load(
@@ -64,12 +80,18 @@ class Engine:
         device: str = "auto",
         dtype: str = "auto",
         allow_pickle: bool = False,
+        backend: str = "auto",
+        optimize: bool = True,
     ) -> Engine:
+        """``backend``: torch, openvino, or auto (OpenVINO where installed and exported); ``optimize``
+        applies the measured CPU settings of ``ssdxl.speed.tuning``."""
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
         base = _load(model, torch_device, torch_dtype, allow_pickle)
         ref = _load(refiner, torch_device, torch_dtype, allow_pickle) if refiner is not None else None
-        return cls(base, ref, torch_device, torch_dtype)
+        loaded = [(m.components, m.hash) for m in (base, ref) if m is not None]
+        runtime = Runtime.prepare(loaded, torch_device, backend=backend, optimize=optimize)
+        return cls(base, ref, torch_device, torch_dtype, runtime)
 
     @property
     def model_name(self) -> str:
@@ -95,46 +117,55 @@ class Engine:
         _check(r, refiner_loaded=self.refiner is not None)
         return r
 
+    def batch_key(self, request: GenerationRequest) -> tuple:
+        """What resolved requests must share to run as one batch: all but prompts, seeds, sample
+        counts, images and the per-image micro-conditioning."""
+        r = request
+        size_and_schedule = (r.kind, r.width, r.height, r.steps, r.scheduler, r.strength)
+        guidance = (r.guidance_scale, r.guidance_cutoff, r.cache_interval)
+        return (*size_and_schedule, *guidance, r.high_noise_fraction if r.refiner else None)
+
     def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
         r = self.resolve(request)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         with torch.inference_mode():
-            with _timed(timings, "text_encode"):
-                base_cond = self._conditioning(self.base.components, r)
-                refiner_cond = self._conditioning(self.refiner.components, r) if r.refiner else None
-            init = self._encode_init(r) if r.init_image is not None else None
-            images = []
-            for i in range(r.samples):
-                seed = r.seed + i
-                latents = self._sample(r, seed, base_cond, refiner_cond, init, timings, callback)
-                with _timed(timings, "decode"):
-                    image = self._decode(self._final_vae(r), latents)
-                if r.kind == "inpaint":
-                    image = _composite(r.init_image.resize(image.size), image, r.mask_image.resize(image.size))
-                params = {
-                    **r.to_params(),
-                    "seed": seed,
-                    "samples": 1,
-                    "model": self.base.source,
-                    "refiner_model": self.refiner.source if r.refiner else None,
-                    "dtype": dtype_name(self.dtype),
-                    "device": self.device.type,
-                }
-                info = build_infotext(
-                    params, model_name=self.model_name, model_hash=self.base.hash, version=__version__
-                )
-                images.append(GeneratedImage(image=image, seed=seed, infotext=info, params=params))
+            rows = self._rows(r, timings)
+            images = [self._finish(self._sample([row], timings, callback), [row], timings)[0] for row in rows]
         timings["total"] = time.perf_counter() - t_start
         return GenerationResult(images=images, timings=timings, model=self.model_name)
+
+    def generate_batch(
+        self, requests: list[GenerationRequest], callback: StepCallback | None = None
+    ) -> list[GenerationResult]:
+        """One result per request, every sample of every request denoised in one UNet batch.
+
+        The requests must have equal ``batch_key`` once resolved (ValueError otherwise). The
+        callback sees the whole batch's latents, rows in request order (a request's samples
+        together); raising from it stops the batch.
+        """
+        resolved = [self.resolve(r) for r in requests]
+        if len({self.batch_key(r) for r in resolved}) > 1:
+            raise ValueError("requests differ in settings that must be shared; group them by Engine.batch_key")
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        with torch.inference_mode():
+            per_request = [self._rows(r, timings) for r in resolved]
+            rows = [row for request_rows in per_request for row in request_rows]
+            images = iter(self._finish(self._sample(rows, timings, callback), rows, timings))
+            grouped = [[next(images) for _ in request_rows] for request_rows in per_request]
+        timings["total"] = time.perf_counter() - t_start
+        return [GenerationResult(images=group, timings=timings, model=self.model_name) for group in grouped]
 
     # ------------------------------------------------------------------ stages
 
     def _conditioning(self, comps: Components, r: GenerationRequest) -> tuple[Conditioning, Conditioning]:
-        embeds, pooled = encode_text(comps, [r.prompt])
         if r.negative_prompt or not comps.pipeline.get("force_zeros_for_empty_prompt", True):
-            neg_embeds, neg_pooled = encode_text(comps, [r.negative_prompt])
+            both, both_pooled = encode_text(comps, [r.prompt, r.negative_prompt])  # equal chunk counts
+            embeds, neg_embeds = both.chunk(2)
+            pooled, neg_pooled = both_pooled.chunk(2)
         else:
+            embeds, pooled = encode_text(comps, [r.prompt])
             neg_embeds, neg_pooled = empty_like(embeds, pooled)
         size = (r.height, r.width)
         original = r.original_size or size
@@ -153,55 +184,91 @@ class Engine:
         latents = vae.encode(pixels).latent_dist.mode()
         return _scale_latents(vae, latents).to(self.dtype)
 
-    def _sample(self, r, seed, base_cond, refiner_cond, init, timings, callback) -> torch.Tensor:
+    def _rows(self, r: GenerationRequest, timings: dict[str, float]) -> list[_Row]:
+        """A resolved request's images-to-be: prompts encoded and the init image encoded once for all."""
+        with _timed(timings, "text_encode"):
+            base_cond = self._conditioning(self.base.components, r)
+            refiner_cond = self._conditioning(self.refiner.components, r) if r.refiner else None
+        init = self._encode_init(r) if r.init_image is not None else None
+        return [_Row(r, r.seed + i, base_cond, refiner_cond, init) for i in range(r.samples)]
+
+    def _sample(self, rows: list[_Row], timings, callback) -> torch.Tensor:
+        """Denoise a batch of rows that share their settings (``batch_key``); one CPU generator per row."""
+        r = rows[0].request
         comps = self.base.components
-        generator = torch.Generator("cpu").manual_seed(seed)
+        generators = [torch.Generator("cpu").manual_seed(row.seed) for row in rows]
         shape = (1, comps.unet.config.in_channels, r.height // comps.vae_scale, r.width // comps.vae_scale)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+        noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
+        noise = noise.to(self.device, self.dtype)
         scheduler = resolve_scheduler(r.scheduler).build(comps.scheduler_config)
         end = r.high_noise_fraction if r.refiner else 1.0
         timesteps = schedule_slice(scheduler, r.steps, strength=r.strength or 1.0, end=end)
         if not len(timesteps):
             raise UserError("strength x steps leaves no step to run; raise --strength or --steps")
+        init = torch.cat([row.init for row in rows]) if r.init_image is not None else None
         if init is None or (r.strength or 1.0) >= 1.0:
             latents = noise * scheduler.init_noise_sigma
         else:
             latents = scheduler.add_noise(init, noise, timesteps[:1])
         inpainting = None
         if r.kind == "inpaint":
-            inpainting = Inpainting(init, noise, _latent_mask(r.mask_image, latents))
+            mask = torch.cat([_latent_mask(row.request.mask_image, latents) for row in rows])
+            inpainting = Inpainting(init, noise, mask)
         with _timed(timings, "denoise"):
             latents = denoise(
-                comps.unet,
+                self.runtime.unet(comps.unet, latents, r.cache_interval),
                 scheduler,
                 latents,
                 timesteps,
-                *base_cond,
+                *_stack([row.cond for row in rows]),
                 r.guidance_scale,
-                generator,
+                generators,
                 guidance_cutoff=r.guidance_cutoff,
                 inpainting=inpainting,
                 callback=callback,
             )
         _check_finite(latents, "base model latents", self.dtype)
         if r.refiner:
-            latents = self._refine(r, latents, refiner_cond, generator, timings, callback)
+            refiner_cond = _stack([row.refiner_cond for row in rows])
+            latents = self._refine(r, latents, refiner_cond, generators, timings, callback)
         return latents
 
-    def _refine(self, r, latents, refiner_cond, generator, timings, callback) -> torch.Tensor:
+    def _finish(self, latents: torch.Tensor, rows: list[_Row], timings) -> list[GeneratedImage]:
+        """Decode each row on its own (as a lone request would), composite inpainting, record parameters."""
+        images = []
+        for row, row_latents in zip(rows, latents.split(1), strict=True):
+            r = row.request
+            with _timed(timings, "decode"):
+                image = self._decode(self._final_vae(r), row_latents)
+            if r.kind == "inpaint":
+                image = _composite(r.init_image.resize(image.size), image, r.mask_image.resize(image.size))
+            params = {
+                **r.to_params(),
+                "seed": row.seed,
+                "samples": 1,
+                "model": self.base.source,
+                "refiner_model": self.refiner.source if r.refiner else None,
+                "dtype": dtype_name(self.dtype),
+                "device": self.device.type,
+            }
+            info = build_infotext(params, model_name=self.model_name, model_hash=self.base.hash, version=__version__)
+            images.append(GeneratedImage(image=image, seed=row.seed, infotext=info, params=params))
+        return images
+
+    def _refine(self, r, latents, refiner_cond, generators, timings, callback) -> torch.Tensor:
         """Finish the schedule with the refiner from where the base stopped, without decoding."""
         comps = self.refiner.components
         scheduler = resolve_scheduler(r.scheduler).build(comps.scheduler_config)
         timesteps = schedule_slice(scheduler, r.steps, strength=r.strength or 1.0, start=r.high_noise_fraction)
         with _timed(timings, "refine"):
             latents = denoise(
-                comps.unet,
+                self.runtime.unet(comps.unet, latents, r.cache_interval),
                 scheduler,
                 latents,
                 timesteps,
                 *refiner_cond,
                 r.guidance_scale,
-                generator,
+                generators,
                 guidance_cutoff=r.guidance_cutoff,
                 callback=callback,
             )
@@ -225,11 +292,30 @@ class Engine:
         return _to_pil(image[0])
 
     def _run_vae_decode(self, vae, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        decoder = self.runtime.decoder(vae, latents)
+        if decoder is not None and dtype == self.dtype:  # a float32 retry after overflow stays in PyTorch
+            return decoder(_unscale_latents(vae, latents))
         with _vae_in(vae, dtype):
             return vae.decode(_unscale_latents(vae, latents).to(dtype)).sample.float()
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+@dataclasses.dataclass
+class _Row:
+    """One image to make: its resolved request, seed, (cond, uncond) pairs and encoded init image."""
+
+    request: GenerationRequest
+    seed: int
+    cond: tuple[Conditioning, Conditioning]
+    refiner_cond: tuple[Conditioning, Conditioning] | None
+    init: torch.Tensor | None
+
+
+def _stack(pairs: list[tuple[Conditioning, Conditioning]]) -> tuple[Conditioning, Conditioning]:
+    """Per-row (cond, uncond) pairs as one batched (cond, uncond) pair."""
+    return Conditioning.cat([c for c, _ in pairs]), Conditioning.cat([u for _, u in pairs])
 
 
 def _load(source, device: torch.device, dtype: torch.dtype, allow_pickle: bool) -> LoadedModel:
@@ -265,6 +351,8 @@ def _check(r: GenerationRequest, refiner_loaded: bool) -> None:
         raise UserError(f"high noise fraction must be in (0, 1), got {r.high_noise_fraction}")
     if not 0 <= r.guidance_cutoff <= 1:
         raise UserError(f"guidance cutoff must be in [0, 1], got {r.guidance_cutoff}")
+    if not 1 <= r.cache_interval <= 1000:
+        raise UserError(f"cache interval must be between 1 (off) and 1000, got {r.cache_interval}")
     if r.refiner and not refiner_loaded:
         raise UserError("refiner requested but no refiner model is loaded (pass --refiner MODEL)")
     if r.mask_image is not None and r.init_image is None:

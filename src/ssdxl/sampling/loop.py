@@ -68,13 +68,18 @@ def denoise(
     cond: Conditioning,
     uncond: Conditioning | None,
     guidance_scale: float,
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator],
     *,
     guidance_cutoff: float = 1.0,
     inpainting: Inpainting | None = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Run the sampler over ``timesteps``; classifier-free guidance batches uncond and cond."""
+    """Run the sampler over ``timesteps``; classifier-free guidance batches uncond and cond.
+
+    ``latents`` may hold several images; a list of generators (one per image) gives each image
+    its own per-step noise in ancestral/SDE samplers, so it matches the image made alone.
+    Raising from ``callback`` stops the loop (a server cancels jobs this way).
+    """
     guided = uncond is not None and guidance_scale > 1.0
     both = Conditioning.cat([uncond, cond]) if guided else cond
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}

@@ -37,6 +37,7 @@ class GenerationRequest:
     aesthetic_score: float = 6.0
     negative_aesthetic_score: float = 2.5
     guidance_cutoff: float = 1.0  # fraction of the steps that use classifier-free guidance
+    cache_interval: int = 1  # DeepCache: a full UNet call every N steps, shallow ones between (1 = off)
 
     @property
     def kind(self) -> str:

@@ -1,0 +1,148 @@
+"""``ssdxl serve``, ``ssdxl worker`` and ``ssdxl keys``: the HTTP server, its scale-out workers, its API keys.
+
+Imported when the CLI starts, so the server's own imports (FastAPI, uvicorn, RQ) wait until a
+command runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ssdxl.errors import UserError
+
+DataOption = Annotated[
+    Path | None, typer.Option("--data", help="Job store and images folder (default ~/.local/share/ssdxl/server).")
+]
+ModelOption = Annotated[
+    list[str] | None,
+    typer.Option("--model", "-m", help="NAME=PATH (folder, .safetensors or repo id); repeatable. Built-ins are added."),
+]
+RefinerOption = Annotated[
+    list[str] | None, typer.Option("--refiner", help="NAME=PATH: a refiner for the registered model NAME; repeatable.")
+]
+
+
+def _config(data: Path | None, model: list[str] | None, refiner: list[str] | None, **settings):
+    from ssdxl.server.config import ServerConfig, default_data_dir, parse_specs
+
+    return ServerConfig(
+        data_dir=data or default_data_dir(),
+        models=parse_specs(model or [], "--model"),
+        refiners=parse_specs(refiner or [], "--refiner"),
+        **settings,
+    )
+
+
+def serve(
+    model: ModelOption = None,
+    refiner: RefinerOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the server.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    data: DataOption = None,
+    redis: Annotated[
+        str | None, typer.Option("--redis", help="redis://HOST:PORT: jobs run in `ssdxl worker` processes.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for the engine.")] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Images per UNet batch.")] = 8,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body accepted.")] = 20.0,
+    public_url: Annotated[
+        str | None, typer.Option("--public-url", help="Base of links handed out (behind a proxy).")
+    ] = None,
+) -> None:
+    """Serve the Segmind, AUTOMATIC1111 and OpenAI APIs, the jobs API and a web page."""
+    import uvicorn
+
+    from ssdxl.server.app import create_app
+
+    config = _config(
+        data,
+        model,
+        refiner,
+        redis_url=redis,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        max_batch=max_batch,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        public_url=public_url,
+    )
+    app = create_app(config)
+    typer.echo(f"ssdxl serving {', '.join(app.state.service.registry.names())} on http://{host}:{port}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def worker(
+    redis: Annotated[str, typer.Option("--redis", help="redis://HOST:PORT, as given to `ssdxl serve --redis`.")],
+    model: ModelOption = None,
+    refiner: RefinerOption = None,
+    data: DataOption = None,
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype")] = "auto",
+    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch")] = 8,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit when the queue is empty.")] = False,
+) -> None:
+    """Run jobs for a server started with --redis; --data must be the server's (shared) folder."""
+    from ssdxl.server.dispatch import run_worker
+    from ssdxl.server.registry import ModelRegistry
+    from ssdxl.server.runner import Runner
+    from ssdxl.server.storage import open_data
+
+    config = _config(data, model, refiner, device=device, dtype=dtype, threads=threads, max_batch=max_batch)
+    store, storage = open_data(config)
+    registry = ModelRegistry(config.models, config.refiners, device=device, dtype=dtype)
+    runner = Runner(store, storage, registry, max_batch=max_batch, lease=config.lease, threads=threads)
+    typer.echo(f"ssdxl worker {runner.worker} serving {', '.join(registry.names())}", err=True)
+    run_worker(runner, redis, burst=burst)
+
+
+keys = typer.Typer(help="API keys: while any exists, every request but /health needs one.", no_args_is_help=True)
+
+
+def _key_store(data: Path | None):
+    from ssdxl.server.auth import KeyStore
+    from ssdxl.server.config import default_data_dir
+    from ssdxl.server.db import DB_FILE, Database
+
+    return KeyStore(Database((data or default_data_dir()) / DB_FILE))
+
+
+@keys.command("add")
+def keys_add(
+    name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")] = "default",
+    rate: Annotated[str | None, typer.Option("--rate", help="Jobs a minute, e.g. 60/min or 2/s.")] = None,
+    data: DataOption = None,
+) -> None:
+    """Make a key and print it (only now: the store keeps its hash)."""
+    from ssdxl.server.auth import parse_rate
+
+    key, token = _key_store(data).add(name, parse_rate(rate) if rate is not None else None)
+    typer.echo(token)
+    typer.echo(f"key {key.id} ({name}) added; store it now, it cannot be shown again", err=True)
+
+
+@keys.command("list")
+def keys_list(data: DataOption = None) -> None:
+    """Keys by id, name, rate limit and creation time (never the keys themselves)."""
+    for key in _key_store(data).list():
+        rate = f"{key.rate_per_min:g}/min" if key.rate_per_min else "unlimited"
+        created = datetime.datetime.fromtimestamp(key.created).isoformat(timespec="seconds")
+        typer.echo(f"{key.id}\t{key.name}\t{rate}\t{created}")
+
+
+@keys.command("remove")
+def keys_remove(
+    key: Annotated[str, typer.Argument(help="A key id, or a name (removes every key of that name).")],
+    data: DataOption = None,
+) -> None:
+    """Remove a key; requests using it are refused from then on."""
+    removed = _key_store(data).remove(key)
+    if not removed:
+        raise UserError(f"no key {key!r}")
+    typer.echo(f"removed {removed} key(s)")

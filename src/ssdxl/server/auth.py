@@ -1,0 +1,169 @@
+"""API keys and per-key rate limits.
+
+A key is a random token shown once when it is made (``ssdxl keys add``); the store keeps only its
+SHA-256, so a copied database reveals no key. While at least one key exists, every request except
+``/health`` needs one (401 otherwise), sent the way its client's API sends keys: ``x-api-key``
+(Segmind), ``Authorization: Bearer`` (OpenAI) or HTTP Basic with the key as password
+(AUTOMATIC1111's ``--api-auth``, e.g. webuiapi's username/password; browsers ask for it on the
+web page). Signed result links (``storage.Storage.sign``) are the one way in without a key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ssdxl.errors import UserError
+from ssdxl.server.db import Database
+from ssdxl.server.errors import error_response
+from ssdxl.server.storage import Storage
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,               -- sha256 of the key; the key itself is never stored
+    rate_per_min REAL,                       -- NULL: unlimited
+    created REAL NOT NULL
+);
+"""
+KEY_PREFIX = "sk-ssdxl-"
+FILE_PATH = re.compile(r"^/v2/files/([^/]+)$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    name: str
+    rate_per_min: float | None
+    created: float
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_rate(text: str) -> float:
+    """``"60"``, ``"60/min"``, ``"2/s"`` or ``"600/h"`` as requests per minute."""
+    number, _, unit = text.strip().partition("/")
+    per = {"": 1.0, "m": 1.0, "min": 1.0, "s": 60.0, "sec": 60.0, "h": 1 / 60, "hour": 1 / 60}.get(unit.strip())
+    try:
+        rate = float(number) * per if per is not None else -1.0
+    except ValueError:
+        rate = -1.0
+    if rate <= 0:
+        raise UserError(f"--rate must look like 60/min, 2/s or 600/h; got {text!r}")
+    return rate
+
+
+class KeyStore:
+    def __init__(self, db: Database):
+        self.db = db
+        db.create(SCHEMA)
+
+    def add(self, name: str, rate_per_min: float | None = None) -> tuple[ApiKey, str]:
+        """A new key and its token; the token cannot be recovered later."""
+        token = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO api_keys (name, hash, rate_per_min, created) VALUES (?, ?, ?, ?)",
+                (name, _hash(token), rate_per_min, time.time()),
+            )
+        return ApiKey(cursor.lastrowid, name, rate_per_min, time.time()), token
+
+    def list(self) -> list[ApiKey]:
+        rows = self.db.connection().execute("SELECT id, name, rate_per_min, created FROM api_keys ORDER BY id")
+        return [ApiKey(**dict(row)) for row in rows]
+
+    def remove(self, id_or_name: str) -> int:
+        """Remove the key with this id, or every key with this name; returns how many went."""
+        column = "id" if id_or_name.isdigit() else "name"
+        with self.db.transaction() as conn:
+            return conn.execute(f"DELETE FROM api_keys WHERE {column} = ?", (id_or_name,)).rowcount
+
+    def any(self) -> bool:
+        return self.db.connection().execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+
+    def lookup(self, token: str) -> ApiKey | None:
+        sql = "SELECT id, name, rate_per_min, created FROM api_keys WHERE hash = ?"
+        row = self.db.connection().execute(sql, (_hash(token),)).fetchone()
+        return ApiKey(**dict(row)) if row else None
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate_per_min`` jobs a minute, bursts up to that many.
+
+    Kept in memory, so each server process limits on its own.
+    """
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, tuple[float, float]] = {}  # key id -> (tokens, time)
+        self._lock = threading.Lock()
+
+    def retry_after(self, key: ApiKey | None) -> float | None:
+        """Take one token; None if allowed, else seconds until the next one."""
+        if key is None or key.rate_per_min is None:
+            return None
+        capacity, per_second = max(1.0, key.rate_per_min), key.rate_per_min / 60.0
+        with self._lock:
+            now = time.monotonic()
+            tokens, then = self._buckets.get(key.id, (capacity, now))
+            tokens = min(capacity, tokens + (now - then) * per_second)
+            if tokens < 1.0:
+                self._buckets[key.id] = (tokens, now)
+                return (1.0 - tokens) / per_second
+            self._buckets[key.id] = (tokens - 1.0, now)
+            return None
+
+
+def request_key(request: Request) -> ApiKey | None:
+    """The caller's key (set by ``AuthMiddleware``); None when the server has no keys."""
+    return request.scope.get("state", {}).get("api_key")
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, keys: KeyStore, storage: Storage):
+        self.app = app
+        self.keys = keys
+        self.storage = storage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health" or not self.keys.any():
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        token = _token(request)
+        key = self.keys.lookup(token) if token else None
+        if key is None and not self._signed_link(request):
+            message = "a valid API key is required: send it as x-api-key, Authorization: Bearer, or Basic password"
+            headers = {"WWW-Authenticate": 'Basic realm="ssdxl"'}
+            return await error_response(401, message, headers=headers)(scope, receive, send)
+        scope.setdefault("state", {})["api_key"] = key
+        await self.app(scope, receive, send)
+
+    def _signed_link(self, request: Request) -> bool:
+        match = FILE_PATH.match(request.url.path)
+        query = request.query_params
+        return bool(match) and self.storage.verify(match[1], query.get("expires", ""), query.get("signature", ""))
+
+
+def _token(request: Request) -> str | None:
+    headers = request.headers
+    if headers.get("x-api-key"):
+        return headers["x-api-key"]
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value).decode().partition(":")[2]
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,48 @@
+"""Server settings, and the ``NAME=PATH`` model specs ``ssdxl serve`` and ``ssdxl worker`` accept."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ssdxl.errors import UserError
+
+
+def default_data_dir() -> Path:
+    """Jobs and images outlive the process, so they go under the user's data folder, not the cache."""
+    root = os.environ.get("SSDXL_DATA") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "ssdxl", "server"
+    )
+    return Path(root)
+
+
+def parse_specs(specs: list[str], option: str) -> dict[str, str]:
+    """``["ssd-1b=/models/ssd1b", ...]`` as ``{"ssd-1b": "/models/ssd1b"}``."""
+    parsed: dict[str, str] = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise UserError(f"{option} must look like NAME=PATH, got {spec!r}")
+        parsed[name.strip()] = source.strip()
+    return parsed
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    models: dict[str, str] = field(default_factory=dict)  # name -> folder, file or repo id
+    refiners: dict[str, str] = field(default_factory=dict)  # model name -> refiner source
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    redis_url: str | None = None  # jobs run by `ssdxl worker` processes instead of in the server
+    max_batch: int = 8  # images per UNet batch
+    batch_wait: float = 0.05  # seconds an idle runner waits for concurrent requests to batch with
+    max_body_bytes: int = 20 * 1024 * 1024
+    sync_timeout: float = 600.0  # how long Segmind/A1111/OpenAI calls wait for their job
+    link_ttl: float = 24 * 3600.0  # lifetime of signed image links (OpenAI `url`)
+    public_url: str | None = None  # base of links handed to clients; default: the request's own
+    lease: float = 60.0  # seconds a claimed job stays claimed without a heartbeat
+    max_attempts: int = 3  # runs of one job cut short by crashes before it is failed
+    poll: float = 1.0  # seconds between checks for jobs from other processes and expired leases

@@ -1,0 +1,97 @@
+"""Segmind's hosted API: ``POST /v1/{model}`` with ``x-api-key``, answered with the image bytes.
+
+The seeds' client code posts Segmind's fields (numbers often as strings) and opens
+``response.content`` with PIL; with ``"base64": true`` the answer is ``{"image": <base64>}``.
+``refiner`` is honoured when the model was registered with one (``--refiner NAME=PATH``) and
+otherwise ignored, as SDXL clients send it by default; ``image`` + ``strength`` make it img2img.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from ssdxl.sampling.request import GenerationRequest
+from ssdxl.server.auth import request_key
+from ssdxl.server.schemas import (
+    Fraction,
+    Guidance,
+    NegativePrompt,
+    Prompt,
+    SchedulerName,
+    Seed,
+    Side,
+    Steps,
+    Strength,
+    decode_image,
+)
+from ssdxl.server.service import JobService, StoredImage
+
+router = APIRouter(tags=["Segmind"])
+
+
+class SegmindRequest(BaseModel):
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    samples: Annotated[int, Field(ge=1, le=4)] = 1
+    scheduler: SchedulerName | None = None
+    num_inference_steps: Steps | None = None
+    guidance_scale: Guidance | None = None
+    seed: Seed = -1
+    img_width: Side | None = None
+    img_height: Side | None = None
+    base64: bool = False
+    style: Literal["base"] = Field("base", description="style presets are not available; only 'base'")
+    refiner: bool = False
+    high_noise_fraction: Fraction = 0.8
+    strength: Strength | None = Field(None, description="img2img strength, used with image")
+    image: str | None = Field(None, description="base64 init image (img2img)")
+
+
+def to_generation_request(body: SegmindRequest, *, refiner_available: bool) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        width=body.img_width,
+        height=body.img_height,
+        steps=body.num_inference_steps,
+        guidance_scale=body.guidance_scale,
+        scheduler=body.scheduler,
+        seed=body.seed,
+        samples=body.samples,
+        init_image=decode_image("image", body.image) if body.image else None,
+        strength=body.strength if body.image else None,
+        refiner=body.refiner and refiner_available,
+        high_noise_fraction=body.high_noise_fraction,
+    )
+
+
+def _jpeg(image: StoredImage) -> bytes:
+    buffer = io.BytesIO()
+    with Image.open(image.path) as png:
+        png.convert("RGB").save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+@router.post(
+    "/v1/{model}",
+    responses={200: {"content": {"image/jpeg": {}}, "description": "the image, or JSON with base64: true"}},
+)
+async def generate(model: str, body: SegmindRequest, request: Request) -> Response:
+    """Generate with a model by name, e.g. ``/v1/ssd-1b``; the first image comes back as JPEG bytes."""
+    service: JobService = request.app.state.service
+    model = service.registry.check(model)
+    generation = to_generation_request(body, refiner_available=service.registry.has_refiner(model))
+    images = await service.run(generation, model=model, caller=request_key(request))
+    headers = {"X-Seed": str(images[0].seed)}
+    if body.base64:
+        encoded = [base64.b64encode(_jpeg(image)).decode() for image in images]
+        seeds = [image.seed for image in images]
+        return JSONResponse({"image": encoded[0], "images": encoded, "seeds": seeds}, headers=headers)
+    return Response(_jpeg(images[0]), media_type="image/jpeg", headers=headers)

@@ -1,0 +1,134 @@
+"""The native asynchronous API: submit a job, follow it (JSON or server-sent events), cancel it.
+
+``POST /v2/jobs`` answers at once (202) with the job; ``GET /v2/jobs/{id}`` gives status, queue
+position, step progress and, when done, signed links to the images; ``GET /v2/jobs/{id}/events``
+streams the same as server-sent events with a latent preview per step; ``DELETE`` cancels (a
+running job stops at its next step). Also here: result files, the model list, ``/health``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from ssdxl.sampling.request import GenerationRequest
+from ssdxl.sampling.schedulers import scheduler_names
+from ssdxl.server.auth import request_key
+from ssdxl.server.schemas import JobRequest, JobView, ModelsView, decode_image
+from ssdxl.server.service import JobService
+from ssdxl.server.store import Job
+
+router = APIRouter(tags=["Jobs"])
+
+EVENT_POLL = 0.1  # seconds between looks at a followed job
+KEEPALIVE = 15.0  # seconds between comments that keep idle proxies from closing the stream
+
+
+def to_generation_request(body: JobRequest) -> GenerationRequest:
+    fields = body.model_dump(exclude={"model", "init_image", "mask_image"})
+    return GenerationRequest(
+        **fields,
+        init_image=decode_image("init_image", body.init_image) if body.init_image else None,
+        mask_image=decode_image("mask_image", body.mask_image) if body.mask_image else None,
+    )
+
+
+def _service(request: Request) -> JobService:
+    return request.app.state.service
+
+
+@router.post("/v2/jobs", status_code=202, response_model=JobView)
+async def submit(body: JobRequest, request: Request) -> JobView:
+    service = _service(request)
+    job = service.submit(to_generation_request(body), model=body.model, caller=request_key(request))
+    return service.view(job, request)
+
+
+@router.get("/v2/jobs", response_model=list[JobView])
+async def recent(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[JobView]:
+    """The caller's newest jobs first (the web page's gallery)."""
+    service = _service(request)
+    caller = request_key(request)
+    return [service.view(job, request) for job in service.store.recent(caller.id if caller else None, limit)]
+
+
+@router.get("/v2/jobs/{job_id}", response_model=JobView)
+async def status(job_id: str, request: Request) -> JobView:
+    service = _service(request)
+    return service.view(service.get(job_id, request_key(request)), request)
+
+
+@router.delete("/v2/jobs/{job_id}", response_model=JobView)
+async def cancel(job_id: str, request: Request) -> JobView:
+    service = _service(request)
+    service.get(job_id, request_key(request))
+    return service.view(service.store.cancel(job_id), request)
+
+
+@router.get("/v2/jobs/{job_id}/events", response_class=StreamingResponse)
+async def events(job_id: str, request: Request) -> StreamingResponse:
+    """Server-sent events: ``progress`` (status, position, step, preview data URL) until ``done`` (the job)."""
+    service = _service(request)
+    job = service.get(job_id, request_key(request))
+    return StreamingResponse(_follow(service, job, request), media_type="text/event-stream")
+
+
+async def _follow(service: JobService, job: Job, request: Request) -> AsyncIterator[str]:
+    last = None
+    quiet = 0.0
+    while not await request.is_disconnected():
+        if job.done:
+            yield _event("done", service.view(job, request).model_dump())
+            return
+        state = (job.status, service.store.position(job), job.step, job.total)
+        if state != last:
+            preview = f"data:image/png;base64,{base64.b64encode(job.preview).decode()}" if job.preview else None
+            names = ("status", "position", "step", "total")
+            yield _event("progress", {"id": job.id, **dict(zip(names, state, strict=True)), "preview": preview})
+            last, quiet = state, 0.0
+        elif quiet >= KEEPALIVE:
+            yield ": keep-alive\n\n"
+            quiet = 0.0
+        await asyncio.sleep(EVENT_POLL)
+        quiet += EVENT_POLL
+        job = service.store.get(job.id)
+
+
+def _event(name: str, data: dict) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+@router.get("/v2/files/{name}", response_class=FileResponse)
+async def file(name: str, request: Request) -> FileResponse:
+    """A stored image: with the caller's key (its own jobs), or with a link's valid signature."""
+    service = _service(request)
+    try:
+        path = service.storage.path(name)
+    except ValueError:
+        raise HTTPException(404, f"no file {name!r}") from None
+    query = request.query_params
+    signed = service.storage.verify(name, query.get("expires", ""), query.get("signature", ""))
+    caller = request_key(request)
+    if not signed and caller is not None:
+        service.get(name.partition("-")[0], caller)  # 404 unless it is the caller's own job
+    if not path.is_file():
+        raise HTTPException(404, f"no file {name!r}")
+    return FileResponse(path, media_type="image/png")
+
+
+@router.get("/v2/models", response_model=ModelsView)
+async def models(request: Request) -> ModelsView:
+    registry = _service(request).registry
+    return ModelsView(models=registry.names(), default=registry.default, schedulers=scheduler_names())
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}

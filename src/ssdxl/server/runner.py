@@ -1,0 +1,177 @@
+"""Runs jobs: claims a batch of compatible queued jobs, generates it as one UNet batch, records results.
+
+The same runner works inside the server (``dispatch.LocalDispatch``) and in ``ssdxl worker``
+processes; the store is its only contact with the rest of the system, so progress, previews and
+cancellation behave the same in both. While it works, a heartbeat thread renews its claims.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ssdxl.errors import UserError
+from ssdxl.sampling.engine import Engine
+from ssdxl.sampling.request import GenerationRequest
+from ssdxl.server.previews import preview_png
+from ssdxl.server.registry import ModelRegistry
+from ssdxl.server.storage import Storage
+from ssdxl.server.store import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, worker_id
+
+log = logging.getLogger("ssdxl.server")
+
+
+class Cancelled(Exception):
+    """Every job of the running batch was cancelled: raised from the step callback to stop the loop."""
+
+
+@dataclass
+class _Item:
+    job: Job  # as claimed: ``attempts`` counts this run
+    request: GenerationRequest  # resolved against the model's defaults
+
+
+class Runner:
+    def __init__(
+        self,
+        store: JobStore,
+        storage: Storage,
+        registry: ModelRegistry,
+        *,
+        max_batch: int = 8,
+        lease: float = 60.0,
+        threads: int | None = None,
+    ):
+        self.store = store
+        self.storage = storage
+        self.registry = registry
+        self.max_batch = max_batch
+        self.lease = lease
+        self.worker = worker_id(secrets.token_hex(4))
+        if threads:
+            torch.set_num_threads(threads)
+
+    def drain(self) -> int:
+        """Run batches until no queued job is left for this runner's models; returns how many ran."""
+        batches = 0
+        while self.run_next():
+            batches += 1
+        return batches
+
+    def run_next(self) -> bool:
+        """Claim one batch and run it; False when nothing was queued."""
+        candidates = self.store.queued(self.registry.names(), limit=4 * self.max_batch)
+        if not candidates:
+            return False
+        first = candidates[0]
+        try:
+            engine = self.registry.engine(first.model)
+            items = self._batch(engine, candidates)
+        except Exception as exc:  # the first job cannot even be prepared: it fails alone
+            self._fail_alone(first, exc)
+            return True
+        claimed = set(self.store.claim([item.job.id for item in items], self.worker, self.lease))
+        items = [_Item(self.store.get(item.job.id), item.request) for item in items if item.job.id in claimed]
+        if items:
+            self._run(engine, items)
+        return True
+
+    # ------------------------------------------------------------------ forming a batch
+
+    def _batch(self, engine: Engine, candidates: list[Job]) -> list[_Item]:
+        """The oldest job and the queued jobs that can share its UNet batch, up to ``max_batch`` images."""
+        items: list[_Item] = []
+        rows = 0
+        for job in candidates:
+            if job.model != candidates[0].model:
+                continue
+            try:
+                request = engine.resolve(self.storage.load_request(job.request))
+            except Exception:
+                if not items:
+                    raise
+                continue  # it fails on its own when it is the oldest
+            fits = rows + request.samples <= self.max_batch
+            if not items or (fits and engine.batch_key(request) == engine.batch_key(items[0].request)):
+                items.append(_Item(job, request))
+                rows += request.samples
+        return items
+
+    def _fail_alone(self, job: Job, exc: Exception) -> None:
+        if not self.store.claim([job.id], self.worker, self.lease):
+            return
+        if isinstance(exc, UserError):
+            self.store.finish(job.id, self.worker, FAILED, error=str(exc), error_kind="user")
+        else:
+            log.exception("job %s could not be prepared", job.id)
+            self.store.finish(job.id, self.worker, FAILED, error=_describe(exc), error_kind="server")
+
+    # ------------------------------------------------------------------ running it
+
+    def _run(self, engine: Engine, items: list[_Item]) -> None:
+        first_rows = itertools.accumulate((item.request.samples for item in items[:-1]), initial=0)
+        live = {item.job.id: row for item, row in zip(items, first_rows, strict=True)}  # where its images start
+        try:
+            with self._heartbeat():
+                results = engine.generate_batch([item.request for item in items], callback=self._on_step(live))
+        except Cancelled:
+            return
+        except UserError as exc:
+            for job_id in live:
+                self.store.finish(job_id, self.worker, FAILED, error=str(exc), error_kind="user")
+            return
+        except Exception as exc:
+            log.exception("batch of %d job(s) failed", len(items))
+            for job_id in live:
+                self.store.finish(job_id, self.worker, FAILED, error=_describe(exc), error_kind="server")
+            return
+        batch_size = sum(item.request.samples for item in items)
+        for item, result in zip(items, results, strict=True):
+            if item.job.id not in live:
+                continue
+            saved = self.storage.save_results(item.job.id, item.job.attempts, result.images)
+            outcome = {"images": saved, "timings": result.timings, "batch_size": batch_size}
+            if not self.store.finish(item.job.id, self.worker, SUCCEEDED, result=outcome):
+                self.storage.remove([image["file"] for image in saved])  # the claim was lost: not ours to finish
+
+    def _on_step(self, live: dict[str, int]):
+        """The engine's step callback: stop cancelled jobs, then record progress and a preview per job."""
+
+        def on_step(step: int, total: int, latents: torch.Tensor) -> None:
+            for job_id in self.store.cancel_requested(list(live)):
+                self.store.finish(job_id, self.worker, CANCELLED)
+                del live[job_id]
+            if not live:
+                raise Cancelled
+            updates = [(job_id, step, total, preview_png(latents[row])) for job_id, row in live.items()]
+            self.store.progress(self.worker, updates)
+
+        return on_step
+
+    @contextmanager
+    def _heartbeat(self) -> Iterator[None]:
+        """Renew this runner's claims every quarter lease while the block runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease / 4):
+                self.store.heartbeat(self.worker, self.lease)
+
+        thread = threading.Thread(target=beat, name="ssdxl-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+def _describe(exc: Exception) -> str:
+    return f"internal error ({type(exc).__name__}: {exc})"

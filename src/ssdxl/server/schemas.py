@@ -1,0 +1,132 @@
+"""Field types shared by every dialect, and the native jobs API's request and response models.
+
+Limits live here, once: every dialect's body model is built from these annotated types, so a bad
+value is a 422 naming the field whichever API it came through. Numbers sent as numeric strings
+(``"guidance_scale": "9"``, as Segmind's own examples do) are accepted by pydantic's lax mode.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Annotated, Any
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from ssdxl.errors import UserError
+from ssdxl.sampling.engine import MAX_SEED
+from ssdxl.sampling.schedulers import resolve_scheduler
+from ssdxl.server.errors import FieldError
+
+MIN_SIDE, MAX_SIDE = 64, 2048
+MAX_STEPS = 150
+MAX_SAMPLES = 8
+MAX_PROMPT_CHARS = 4000
+MAX_INPUT_SIDE = 4096  # uploaded images; larger ones are refused before decoding fully
+
+
+def _known_scheduler(name: str) -> str:
+    try:
+        return resolve_scheduler(name).name
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+NegativePrompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8, description="pixels, a multiple of 8")]
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+Guidance = Annotated[float, Field(ge=0, le=50)]
+Seed = Annotated[int, Field(ge=-1, le=MAX_SEED - MAX_SAMPLES, description="-1 picks a random seed")]
+Samples = Annotated[int, Field(ge=1, le=MAX_SAMPLES)]
+Strength = Annotated[float, Field(gt=0, le=1)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+SchedulerName = Annotated[str, AfterValidator(_known_scheduler), Field(description="e.g. Euler, 'DPM++ 2M Karras'")]
+
+
+def decode_image(field: str, data: str | bytes) -> Image.Image:
+    """An uploaded image (base64 text, optionally a data URL, or raw bytes) or a FieldError naming ``field``."""
+    if isinstance(data, str):
+        text = data.split(",", 1)[1] if data.startswith("data:") else data
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise FieldError(field, "not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if max(image.size) > MAX_INPUT_SIDE:
+                raise FieldError(field, f"image is {image.width}x{image.height}; the limit is {MAX_INPUT_SIDE} a side")
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise FieldError(field, "not a readable image (PNG, JPEG or WebP)") from None
+
+
+def parse_size(field: str, text: str) -> tuple[int, int]:
+    """``"WxH"`` as (width, height), checked like ``Side``."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise FieldError(field, f"must look like WIDTHxHEIGHT, e.g. 1024x1024; got {text!r}") from None
+    for side in (width, height):
+        if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
+            raise FieldError(field, f"sides must be multiples of 8 from {MIN_SIDE} to {MAX_SIDE}; got {text!r}")
+    return width, height
+
+
+# ---------------------------------------------------------------------- the native jobs API (/v2)
+
+
+class JobRequest(BaseModel):
+    """A generation job; fields left out take the model's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    model: str | None = Field(None, description="a model name from GET /v2/models; default: the server's")
+    width: Side | None = None
+    height: Side | None = None
+    steps: Steps | None = None
+    guidance_scale: Guidance | None = None
+    scheduler: SchedulerName | None = None
+    seed: Seed = -1
+    samples: Samples = 1
+    init_image: str | None = Field(None, description="base64 image: img2img (with mask_image: inpainting)")
+    mask_image: str | None = Field(None, description="base64 image, white = repaint")
+    strength: Strength | None = None
+    refiner: bool = False
+    high_noise_fraction: Fraction = 0.8
+    guidance_cutoff: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+
+class ImageLink(BaseModel):
+    url: str
+    seed: int
+    infotext: str
+
+
+class JobView(BaseModel):
+    id: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    model: str
+    position: int = Field(description="jobs ahead of this one while queued")
+    step: int
+    total: int
+    cancel_requested: bool
+    attempts: int
+    created: float
+    started: float | None
+    finished: float | None
+    error: str | None
+    batch_size: int | None = Field(description="images in the UNet batch that made this job's images")
+    images: list[ImageLink]
+    params: dict[str, Any] = Field(description="the request as stored, images as file names")
+
+
+class ModelsView(BaseModel):
+    models: list[str]
+    default: str
+    schedulers: list[str]

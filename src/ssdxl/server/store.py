@@ -1,0 +1,272 @@
+"""The job store: every accepted job, its progress and its result, in SQLite.
+
+A job goes ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``cancelled``. A runner
+*claims* queued jobs atomically and holds them under a lease that a heartbeat renews; only the
+holder of a live claim may finish a job, so no job completes twice. When a runner dies its
+lease runs out (on the same machine: as soon as its process is gone) and ``recover`` queues the
+job again, or fails it with a message once it has been cut short ``max_attempts`` times.
+
+This is the store's whole interface; a Postgres store for many machines would implement the same
+methods (``SELECT ... FOR UPDATE SKIP LOCKED`` in ``claim``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ssdxl.server.db import Database
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- arrival order: the queue order
+    id TEXT NOT NULL UNIQUE,
+    owner INTEGER,                           -- API key id; NULL when the server has no keys
+    model TEXT NOT NULL,
+    request TEXT NOT NULL,                   -- JSON, images as file names (storage.py)
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,     -- claims so far
+    worker TEXT,                             -- host:pid:token of the claim holder
+    lease_until REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    preview BLOB,                            -- PNG of the latest step's latents
+    result TEXT,                             -- JSON: images (file, seed, infotext), timings, batch size
+    error TEXT,
+    error_kind TEXT,                         -- "user" (the request's fault) or "server"
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass
+class Job:
+    id: str
+    seq: int
+    owner: int | None
+    model: str
+    request: dict[str, Any]
+    status: str
+    attempts: int
+    worker: str | None
+    cancel_requested: bool
+    step: int
+    total: int
+    preview: bytes | None
+    result: dict[str, Any] | None
+    error: str | None
+    error_kind: str | None
+    created: float
+    started: float | None
+    finished: float | None
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINISHED
+
+
+def _job(row) -> Job:
+    data = dict(row)
+    data.pop("lease_until")
+    data["request"] = json.loads(data["request"])
+    data["result"] = json.loads(data["result"]) if data["result"] else None
+    data["cancel_requested"] = bool(data["cancel_requested"])
+    return Job(**data)
+
+
+# Tells this process from an earlier one with the same pid (a restarted container's server is often pid 1 again).
+_PROCESS = secrets.token_hex(4)
+
+
+def worker_id(token: str) -> str:
+    """Who holds a claim, as host:pid:process:token, so a restarted server on the same host sees the holder is gone."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_PROCESS}:{token}"
+
+
+def holder_gone(worker: str) -> bool:
+    """True when ``worker`` ran on this host and its process no longer exists (else: unknown, False)."""
+    host, pid, process, _ = (worker.split(":") + ["", "", ""])[:4]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return process != _PROCESS
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class JobStore:
+    def __init__(self, db: Database, *, max_attempts: int = 3):
+        self.db = db
+        self.max_attempts = max_attempts
+        db.create(SCHEMA)
+
+    # ------------------------------------------------------------------ clients' side
+
+    def add(self, job_id: str, *, owner: int | None, model: str, request: dict[str, Any]) -> Job:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, owner, model, request, status, created) VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, owner, model, json.dumps(request), QUEUED, time.time()),
+            )
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job | None:
+        row = self.db.connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def position(self, job: Job) -> int:
+        """Jobs ahead of a queued job (0 = next); 0 for any other job."""
+        if job.status != QUEUED:
+            return 0
+        sql = "SELECT COUNT(*) FROM jobs WHERE status = ? AND seq < ?"
+        return self.db.connection().execute(sql, (QUEUED, job.seq)).fetchone()[0]
+
+    def recent(self, owner: int | None, limit: int, status: str | None = None) -> list[Job]:
+        """The owner's newest jobs first (all jobs when ``owner`` is None)."""
+        where, args = ["1 = 1"], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?"
+        return [_job(r) for r in self.db.connection().execute(sql, (*args, limit))]
+
+    def count(self, statuses: tuple[str, ...], owner: int | None = None) -> int:
+        """Jobs in any of ``statuses`` (the owner's only, when ``owner`` is given)."""
+        sql = f"SELECT COUNT(*) FROM jobs WHERE status IN ({', '.join('?' * len(statuses))})"
+        args: tuple = statuses
+        if owner is not None:
+            sql += " AND owner = ?"
+            args += (owner,)
+        return self.db.connection().execute(sql, args).fetchone()[0]
+
+    def cancel(self, job_id: str) -> Job | None:
+        """A queued job is cancelled at once; a running one is flagged and its runner stops it at the next step."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = ?, finished = ?, worker = NULL WHERE id = ? AND status = ?",
+                (CANCELLED, time.time(), job_id, QUEUED),
+            )
+            conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = ?", (job_id, RUNNING))
+        return self.get(job_id)
+
+    # ------------------------------------------------------------------ runners' side
+
+    def queued(self, models: list[str], limit: int) -> list[Job]:
+        """The oldest queued jobs for ``models``, without claiming them."""
+        marks = ", ".join("?" * len(models))
+        sql = f"SELECT * FROM jobs WHERE status = ? AND model IN ({marks}) ORDER BY seq LIMIT ?"
+        return [_job(r) for r in self.db.connection().execute(sql, (QUEUED, *models, limit))]
+
+    def claim(self, job_ids: list[str], worker: str, lease: float) -> list[str]:
+        """Claim those of ``job_ids`` that are still queued; returns the ids this worker now holds."""
+        now = time.time()
+        claimed = []
+        with self.db.transaction() as conn:
+            for job_id in job_ids:
+                cursor = conn.execute(
+                    "UPDATE jobs SET status = ?, worker = ?, lease_until = ?, attempts = attempts + 1, "
+                    "started = ?, step = 0, total = 0, preview = NULL WHERE id = ? AND status = ?",
+                    (RUNNING, worker, now + lease, now, job_id, QUEUED),
+                )
+                if cursor.rowcount:
+                    claimed.append(job_id)
+        return claimed
+
+    def heartbeat(self, worker: str, lease: float) -> None:
+        with self.db.transaction() as conn:
+            sql = "UPDATE jobs SET lease_until = ? WHERE worker = ? AND status = ?"
+            conn.execute(sql, (time.time() + lease, worker, RUNNING))
+
+    def progress(self, worker: str, updates: list[tuple[str, int, int, bytes | None]]) -> None:
+        """(job id, step, total, preview PNG) for jobs this worker holds."""
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "UPDATE jobs SET step = ?, total = ?, preview = ? WHERE id = ? AND worker = ? AND status = ?",
+                [(step, total, preview, job_id, worker, RUNNING) for job_id, step, total, preview in updates],
+            )
+
+    def cancel_requested(self, job_ids: list[str]) -> set[str]:
+        marks = ", ".join("?" * len(job_ids))
+        sql = f"SELECT id FROM jobs WHERE id IN ({marks}) AND cancel_requested = 1"
+        return {r[0] for r in self.db.connection().execute(sql, job_ids)}
+
+    def finish(
+        self,
+        job_id: str,
+        worker: str,
+        status: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        error_kind: str | None = None,
+    ) -> bool:
+        """Record the outcome if ``worker`` still holds the job; False means it lost the claim."""
+        outcome = (status, json.dumps(result) if result else None, error, error_kind, time.time())
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET status = ?, result = ?, error = ?, error_kind = ?, finished = ?, lease_until = NULL "
+                "WHERE id = ? AND worker = ? AND status = ?",
+                (*outcome, job_id, worker, RUNNING),
+            )
+            return cursor.rowcount == 1
+
+    def recover(self) -> list[str]:
+        """Queue again (or fail, or cancel) running jobs whose holder is gone or whose lease ran out."""
+        now = time.time()
+        recovered = []
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, worker, lease_until, attempts, cancel_requested FROM jobs WHERE status = ?", (RUNNING,)
+            ).fetchall()
+            for row in rows:
+                if not (row["lease_until"] < now or holder_gone(row["worker"])):
+                    continue
+                if row["cancel_requested"]:
+                    update = (CANCELLED, None, None, now)
+                elif row["attempts"] >= self.max_attempts:
+                    message = f"the process running this job stopped {row['attempts']} times; giving up"
+                    update = (FAILED, message, "server", now)
+                else:
+                    update = (QUEUED, None, None, None)
+                conn.execute(
+                    "UPDATE jobs SET status = ?, error = ?, error_kind = ?, finished = ?, worker = NULL, "
+                    "lease_until = NULL WHERE id = ?",
+                    (*update, row["id"]),
+                )
+                recovered.append(row["id"])
+        return recovered
+
+    # ------------------------------------------------------------------ settings shared by processes
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str, *, only_if_missing: bool = False) -> str:
+        """Store ``value`` (or keep the existing one with ``only_if_missing``); returns what is stored."""
+        verb = "INSERT OR IGNORE" if only_if_missing else "INSERT OR REPLACE"
+        with self.db.transaction() as conn:
+            conn.execute(f"{verb} INTO meta (key, value) VALUES (?, ?)", (key, value))
+        return self.meta(key)

@@ -1,0 +1,125 @@
+// The ssdxl page: a client of the jobs API (/v2), nothing more.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let following = null; // { job id, EventSource } while a job is followed
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.detail || response.statusText);
+  return body;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+function numberOrNull(id) {
+  const value = $(id).value.trim();
+  return value === "" ? null : Number(value);
+}
+
+async function loadModels() {
+  const info = await api("/v2/models");
+  for (const name of info.models) $("model").add(new Option(name, name, false, name === info.default));
+  for (const name of info.schedulers) $("scheduler").add(new Option(name, name));
+}
+
+function addToGallery(job, atStart = true) {
+  for (const image of job.images) {
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = image.url;
+    img.alt = job.params.prompt;
+    const caption = document.createElement("figcaption");
+    caption.textContent = image.infotext;
+    figure.append(img, caption);
+    if (atStart) $("gallery").prepend(figure);
+    else $("gallery").append(figure);
+  }
+}
+
+async function loadGallery() {
+  const jobs = await api("/v2/jobs?limit=24");
+  for (const job of jobs) if (job.status === "succeeded") addToGallery(job, false);
+}
+
+function setBusy(busy) {
+  $("generate").disabled = busy;
+  $("cancel").hidden = !busy;
+  $("progress").hidden = !busy;
+}
+
+function showProgress(event) {
+  if (event.status === "queued") {
+    $("status").textContent = event.position ? `queued, ${event.position} ahead` : "starting";
+    $("bar").removeAttribute("value");
+    return;
+  }
+  $("bar").value = event.total ? event.step / event.total : 0;
+  $("status").textContent = event.total ? `step ${event.step} of ${event.total}` : "running";
+  if (event.preview) {
+    $("preview").src = event.preview;
+    $("preview").hidden = false;
+  }
+}
+
+function follow(job) {
+  const events = new EventSource(`/v2/jobs/${job.id}/events`);
+  following = { id: job.id, events };
+  events.addEventListener("progress", (e) => showProgress(JSON.parse(e.data)));
+  events.addEventListener("done", (e) => {
+    events.close();
+    following = null;
+    const done = JSON.parse(e.data);
+    setBusy(false);
+    if (done.status === "succeeded") addToGallery(done);
+    else showError(done.error || `job ${done.status}`);
+  });
+  events.onerror = () => {
+    if (events.readyState === EventSource.CLOSED) {
+      following = null;
+      setBusy(false);
+      showError("lost the connection to the server");
+    }
+  };
+}
+
+async function generate(event) {
+  event.preventDefault();
+  showError("");
+  const body = {
+    prompt: $("prompt").value,
+    negative_prompt: $("negative").value,
+    model: $("model").value || null,
+    scheduler: $("scheduler").value || null,
+    width: numberOrNull("width"),
+    height: numberOrNull("height"),
+    steps: numberOrNull("steps"),
+    guidance_scale: numberOrNull("guidance"),
+    seed: numberOrNull("seed") ?? -1,
+  };
+  setBusy(true);
+  $("preview").hidden = true;
+  try {
+    const job = await api("/v2/jobs", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    follow(job);
+  } catch (error) {
+    setBusy(false);
+    showError(error.message);
+  }
+}
+
+async function cancel() {
+  if (following) await api(`/v2/jobs/${following.id}`, { method: "DELETE" });
+}
+
+$("form").addEventListener("submit", generate);
+$("cancel").addEventListener("click", cancel);
+Promise.all([loadModels(), loadGallery()]).catch((error) => showError(error.message));

@@ -1,0 +1,338 @@
+"""The benchmark harness behind ``ssdxl bench``: ssdxl's paths against plain diffusers, same weights,
+same run.
+
+Every path makes the same image (prompt, seed, size, steps, guidance) from the same component
+objects: plain diffusers ``StableDiffusionXLPipeline`` built from them (float32, its CPU default,
+then cast to bfloat16), the ssdxl engine on eager PyTorch, on OpenVINO, and with the training-free
+accelerations. Paths run one after another because they change the shared modules in place
+(float32 -> bfloat16 -> channels-last), so memory holds one copy of the weights. Each path gets a
+warm-up run (2 steps: one-time allocations and OpenVINO compilation), then ``repeats`` timed runs:
+per-stage wall and CPU time, peak memory, and the image's PSNR against float32 diffusers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ssdxl.models.components import Components
+from ssdxl.sampling.precision import pick_dtype
+from ssdxl.speed import machine, openvino_backend
+from ssdxl.speed.flops import unet_flops
+from ssdxl.speed.runtime import Runtime
+from ssdxl.speed.timing import Mark, PeakMemory, summary
+
+PATHS: dict[str, str] = {
+    "diffusers-fp32": "diffusers StableDiffusionXLPipeline, float32 (its CPU default)",
+    "diffusers-bf16": "diffusers StableDiffusionXLPipeline after pipe.to(torch.bfloat16)",
+    "ssdxl": "ssdxl engine, eager PyTorch fast path (bfloat16 where the CPU has it, channels-last)",
+    "ssdxl-openvino": "ssdxl engine, OpenVINO backend: static shapes, bf16 hint (optimum-intel's recipe)",
+    "ssdxl-openvino-int8": "as ssdxl-openvino, UNet and decoder weights compressed to INT8 by NNCF",
+    "ssdxl+deepcache": "ssdxl engine, DeepCache (full UNet every cache_interval steps)",
+    "ssdxl-openvino+cfg-cutoff": "ssdxl OpenVINO backend, guidance only for the first guidance_cutoff of the steps",
+}
+DEFAULT_PATHS = ("diffusers-fp32", "diffusers-bf16", "ssdxl", "ssdxl-openvino", "ssdxl+deepcache")
+REFERENCE = "diffusers-fp32"
+OPENVINO_PATHS = {p for p in PATHS if "openvino" in p}
+
+
+@dataclass
+class Settings:
+    width: int = 512
+    height: int = 512
+    steps: int = 4
+    guidance: float = 7.0
+    repeats: int = 2
+    seed: int = 0
+    prompt: str = "a lighthouse on a cliff at dusk, oil painting"
+    cache_interval: int = 3
+    guidance_cutoff: float = 0.5
+
+
+@dataclass
+class Run:
+    """One timed image: seconds per stage (wall), per-step wall and CPU seconds, the picture."""
+
+    text: float
+    steps: list[float]
+    cpu_steps: list[float]
+    decode: float
+    total: float
+    cpu_total: float
+    image: Image.Image
+
+    def record(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "image"}
+
+
+@dataclass
+class PathResult:
+    name: str
+    description: str
+    available: bool = True
+    reason: str | None = None
+    setup_s: float = 0.0  # conversion / compilation before the warm-up
+    runs: list[Run] = field(default_factory=list)
+    peak_rss: int = 0
+    working_set: int = 0  # peak minus resident memory before the path ran
+    psnr: float | None = None
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        runs = self.runs
+        return {
+            "text": summary([r.text for r in runs]),
+            "step": summary([s for r in runs for s in r.steps]),
+            "cpu_step": summary([s for r in runs for s in r.cpu_steps]),
+            "decode": summary([r.decode for r in runs]),
+            "total": summary([r.total for r in runs]),
+            "cpu_total": summary([r.cpu_total for r in runs]),
+        }
+
+
+def run_benchmark(
+    components: Components, settings: Settings, paths: list[str], log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Time ``paths`` (in PATHS order) on ``components`` (float32, changed in place); JSON-ready result."""
+    unknown = set(paths) - set(PATHS)
+    if unknown:
+        raise ValueError(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS)}")
+    load_start = os.getloadavg()
+    info = machine.describe()
+    log(f"machine: {info['cpu']}, {info['cores']} cores, {' '.join(info['speed_flags'])}")
+    rates = {
+        name: {"wall": machine.matmul_rate(dtype), "cpu_1_thread": machine.single_thread_cpu_rate(dtype)}
+        for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))
+    }
+    guided = settings.guidance > 1.0
+    n_time_ids = 5 if components.is_refiner else 6
+    flops = unet_flops(
+        dict(components.unet.config), settings.height, settings.width, batch=2 if guided else 1, time_ids=n_time_ids
+    )
+    results: list[PathResult] = []
+    runners = _runners(components, settings)
+    for name in [p for p in PATHS if p in paths]:
+        result = PathResult(name, PATHS[name])
+        log(f"{name}: {result.description}")
+        try:
+            run_once = runners[name](result)
+        except _Unavailable as exc:
+            result.available, result.reason = False, str(exc)
+            log(f"  unavailable: {exc}")
+            results.append(result)
+            continue
+        with PeakMemory() as memory:
+            run_once(dataclasses.replace(settings, steps=min(2, settings.steps)))  # warm-up
+            for i in range(settings.repeats):
+                result.runs.append(run_once(settings))
+                log(f"  run {i + 1}: {result.runs[-1].total:.2f} s, load {os.getloadavg()[0]:.2f}")
+        result.peak_rss, result.working_set = memory.peak, memory.peak - memory.start
+        results.append(result)
+    reference = next((r for r in results if r.name == REFERENCE and r.runs), None)
+    for result in results:
+        if reference is not None and result.runs:
+            result.psnr = psnr(reference.runs[0].image, result.runs[0].image)
+    return {
+        "machine": info,
+        "matmul_flops_per_s": rates,
+        "model": {
+            "name": components.name,
+            "unet_parameters": sum(p.numel() for p in components.unet.parameters()),
+            "unet_flops_per_step": flops,
+        },
+        "settings": dataclasses.asdict(settings),
+        "paths": [_path_record(r, flops, rates) for r in results],
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
+    }
+
+
+def _path_record(result: PathResult, flops: int, rates: dict[str, dict[str, float]]) -> dict[str, Any]:
+    record = {
+        "name": result.name,
+        "description": result.description,
+        "available": result.available,
+        "reason": result.reason,
+        "setup_s": result.setup_s,
+        "runs": [r.record() for r in result.runs],
+        "stats": result.stats() if result.runs else {},
+        "peak_rss_bytes": result.peak_rss,
+        "working_set_bytes": result.working_set,
+        "psnr_vs_fp32_db": result.psnr,
+    }
+    if result.runs:
+        stats = record["stats"]
+        record["x_floor"] = stats["step"]["median"] / (flops / rates["bf16"]["wall"])
+        if stats["cpu_step"]:
+            record["x_floor_cpu"] = stats["cpu_step"]["median"] / (flops / rates["bf16"]["cpu_1_thread"])
+    return record
+
+
+def psnr(reference: Image.Image, image: Image.Image) -> float:
+    """Peak signal-to-noise ratio of 8-bit RGB images in dB (inf when identical)."""
+    a = np.asarray(reference.convert("RGB"), dtype=np.float64)
+    b = np.asarray(image.convert("RGB"), dtype=np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+class _Unavailable(Exception):
+    """A path that cannot run here (missing optional package); reported, not fatal."""
+
+
+# ---------------------------------------------------------------------- paths
+
+
+def _runners(components: Components, settings: Settings) -> dict[str, Callable[[PathResult], Callable]]:
+    """Per path: a setup (given its result, to record setup time) returning a run function."""
+    engine_dtype = pick_dtype("auto", torch.device("cpu"))
+    exports: dict[bool, Path] = {}  # int8 -> folder: OpenVINO paths share one conversion
+
+    def exported(int8: bool) -> Path:
+        if int8 not in exports:
+            exports[int8] = Path(tempfile.mkdtemp(prefix="ssdxl-bench-ov-"))
+            openvino_backend.export(components, exports[int8], int8=int8)
+        return exports[int8]
+
+    def diffusers(dtype: torch.dtype):
+        def setup(_result: PathResult):
+            components.to("cpu", dtype)
+            return lambda s: _run_diffusers(_pipeline(components), s)
+
+        return setup
+
+    def engine(backend: str, int8: bool = False, **request: Any):
+        def setup(result: PathResult):
+            if backend == "openvino" and not openvino_backend.available():
+                raise _Unavailable("openvino is not installed (pip install 'ssdxl[openvino]')")
+            components.to("cpu", engine_dtype)
+            runtime = Runtime.prepare([(components, "")], torch.device("cpu"), backend="torch")
+            if backend == "openvino":
+                start = time.perf_counter()
+                runtime = Runtime("openvino")
+                runtime.add_openvino(components, exported(int8))
+                result.setup_s = time.perf_counter() - start
+            built = _engine(components, engine_dtype, runtime)
+            return lambda s: _run_engine(built, s, **request)
+
+        return setup
+
+    return {
+        "diffusers-fp32": diffusers(torch.float32),
+        "diffusers-bf16": diffusers(torch.bfloat16),
+        "ssdxl": engine("torch"),
+        "ssdxl-openvino": engine("openvino"),
+        "ssdxl-openvino-int8": engine("openvino", int8=True),
+        "ssdxl+deepcache": engine("torch", cache_interval=settings.cache_interval),
+        "ssdxl-openvino+cfg-cutoff": engine("openvino", guidance_cutoff=settings.guidance_cutoff),
+    }
+
+
+def _pipeline(components: Components):
+    """A stock diffusers pipeline around the very same module objects (nothing copied, nothing on disk)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        text_encoder_2=components.text_encoder_2,
+        tokenizer=components.tokenizer,
+        tokenizer_2=components.tokenizer_2,
+        unet=components.unet,
+        scheduler=EulerDiscreteScheduler.from_config(components.scheduler_config),
+        force_zeros_for_empty_prompt=bool(components.pipeline.get("force_zeros_for_empty_prompt", True)),
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _run_diffusers(pipe, s: Settings) -> Run:
+    marks: dict[str, Mark] = {}
+    steps: list[Mark] = []
+    encode, decode = pipe.encode_prompt, pipe.vae.decode
+
+    def timed_encode(*args, **kwargs):
+        out = encode(*args, **kwargs)
+        marks["encoded"] = Mark.now()
+        return out
+
+    def timed_decode(*args, **kwargs):
+        marks["decode"] = Mark.now()
+        return decode(*args, **kwargs)
+
+    def on_step(_pipe, _i, _t, kwargs):
+        steps.append(Mark.now())
+        return kwargs
+
+    pipe.encode_prompt, pipe.vae.decode = timed_encode, timed_decode
+    try:
+        start = Mark.now()
+        image = pipe(
+            s.prompt,
+            width=s.width,
+            height=s.height,
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance,
+            generator=torch.Generator("cpu").manual_seed(s.seed),
+            callback_on_step_end=on_step,
+        ).images[0]
+        end = Mark.now()
+    finally:
+        del pipe.encode_prompt, pipe.vae.decode
+    between = _intervals([marks["encoded"], *steps])
+    return Run(
+        text=marks["encoded"].since(start).wall,
+        steps=[m.wall for m in between],
+        cpu_steps=[m.cpu for m in between],
+        decode=end.since(marks["decode"]).wall,
+        total=end.since(start).wall,
+        cpu_total=end.since(start).cpu,
+        image=image,
+    )
+
+
+def _engine(components: Components, dtype: torch.dtype, runtime: Runtime):
+    from ssdxl.sampling.engine import Engine, LoadedModel
+
+    for module in components.modules().values():
+        module.eval().requires_grad_(False)
+    return Engine(LoadedModel(components, components.name, ""), None, torch.device("cpu"), dtype, runtime)
+
+
+def _run_engine(engine, s: Settings, **request: Any) -> Run:
+    from ssdxl.sampling.request import GenerationRequest
+
+    steps: list[Mark] = []
+    r = GenerationRequest(
+        s.prompt, width=s.width, height=s.height, steps=s.steps, guidance_scale=s.guidance, seed=s.seed, **request
+    )
+    start = Mark.now()
+    result = engine.generate(r, callback=lambda *_: steps.append(Mark.now()))
+    end = Mark.now()
+    t = result.timings
+    between = _intervals(steps)
+    first = t["denoise"] - sum(m.wall for m in between)
+    return Run(
+        text=t["text_encode"],
+        steps=[first] + [m.wall for m in between],
+        cpu_steps=[m.cpu for m in between],
+        decode=t["decode"],
+        total=end.since(start).wall,
+        cpu_total=end.since(start).cpu,
+        image=result.images[0].image,
+    )
+
+
+def _intervals(marks: list[Mark]) -> list[Mark]:
+    return [b.since(a) for a, b in itertools.pairwise(marks)]

@@ -1,0 +1,248 @@
+"""OpenVINO runtime for the UNet and the VAE decoder (the optional ``openvino`` extra).
+
+Why: on CPUs OpenVINO fuses the many memory-bound element-wise ops (group norm, SiLU, residual
+adds, layout changes) that eager PyTorch runs one by one, and compiles for one static shape; on
+this project's machines that made a UNet step about twice as fast as eager bfloat16
+(``docs/performance.md``). This is what optimum-intel does for diffusers pipelines, done directly
+with ``ov.convert_model``: optimum-intel pins transformers < 5.6 and needs torchvision, so it
+cannot share an environment with this project.
+
+The IR is traced once in the model's dtype with dynamic shapes (``export``), then reshaped to each
+request's static shape and compiled on first use (a few seconds, cached per shape). Inputs and
+outputs are float32 at the boundary; the timestep stays float32 inside so the sinusoidal
+embedding is as exact as in PyTorch. ``int8=True`` compresses the weights to 8 bits with NNCF
+(asymmetric, per channel), as the OpenVINO SDXL notebook does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssdxl.errors import UserError
+from ssdxl.models.components import Components
+from ssdxl.paths import cache_dir
+from ssdxl.sampling.precision import cpu_has_fast_bf16
+
+UNET_XML = "unet.xml"
+DECODER_XML = "vae_decoder.xml"
+MANIFEST = "ssdxl-openvino.json"
+FORMAT = 1
+MAX_COMPILED_SHAPES = 2  # guided and unguided batch of one size; a new size evicts the oldest
+
+
+def available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise UserError("the OpenVINO backend needs the openvino extra: pip install 'ssdxl[openvino]'") from None
+    return openvino
+
+
+def default_dir(model_hash: str) -> Path:
+    """Where ``ssdxl export openvino`` puts a model's IR unless told otherwise: keyed by the weights' hash."""
+    return cache_dir() / "openvino" / model_hash
+
+
+def is_exported(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file()
+
+
+class _UNetGraph(torch.nn.Module):
+    """The UNet call with flat tensor inputs, as a traceable module."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added)[0]
+
+
+class _DecoderGraph(torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents):
+        return self.vae.decode(latents).sample
+
+
+def convert_unet(unet: torch.nn.Module, refiner: bool = False):
+    """The UNet as an OpenVINO model with dynamic shapes, traced in the module's dtype."""
+    ov = _openvino()
+    config, dtype = unet.config, unet.dtype
+    n_time_ids = 5 if refiner else 6
+    pooled = config.projection_class_embeddings_input_dim - n_time_ids * config.addition_time_embed_dim
+    side = _latent_multiple(config)
+    inputs = (
+        torch.randn(2, config.in_channels, side, side, dtype=dtype),
+        torch.tensor([500.0, 500.0]),
+        torch.randn(2, 77, config.cross_attention_dim, dtype=dtype),
+        torch.randn(2, pooled, dtype=dtype),
+        torch.randn(2, n_time_ids, dtype=dtype),
+    )
+    with torch.no_grad(), _contiguous(unet):
+        return _float32_boundary(ov, ov.convert_model(_UNetGraph(unet), example_input=inputs, share_weights=False))
+
+
+def convert_decoder(vae: torch.nn.Module):
+    ov = _openvino()
+    side = 2 ** (len(vae.config.block_out_channels) - 1)
+    latents = torch.randn(1, vae.config.latent_channels, side, side, dtype=vae.dtype)
+    with torch.no_grad(), _contiguous(vae):
+        return _float32_boundary(
+            ov, ov.convert_model(_DecoderGraph(vae), example_input=(latents,), share_weights=False)
+        )
+
+
+def export(components: Components, folder: Path, *, int8: bool = False) -> Path:
+    """Convert the UNet and VAE decoder to OpenVINO IR in ``folder`` (minutes for full-size SDXL)."""
+    ov = _openvino()
+    folder.mkdir(parents=True, exist_ok=True)
+    converters = (
+        (UNET_XML, lambda: convert_unet(components.unet, components.is_refiner)),
+        (DECODER_XML, lambda: convert_decoder(components.vae)),
+    )
+    for name, convert in converters:
+        model = convert()
+        if int8:
+            model = _compress_int8(model)
+        ov.save_model(model, folder / name, compress_to_fp16=False)
+        del model
+    manifest = {"format": FORMAT, "model": components.name, "dtype": str(components.unet.dtype), "int8": int8}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+@contextmanager
+def _contiguous(module: torch.nn.Module) -> Iterator[None]:
+    """OpenVINO's PyTorch frontend reads weights as contiguous memory: channels-last convolution
+    weights (``tuning``) come out as garbage, so convert from the default layout and restore after."""
+    channels_last = any(
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in module.parameters()
+    )
+    module.to(memory_format=torch.contiguous_format)
+    try:
+        yield
+    finally:
+        if channels_last:
+            module.to(memory_format=torch.channels_last)
+
+
+def _latent_multiple(config: Any) -> int:
+    """Latent sides the UNet halves evenly at every level are multiples of this."""
+    return 2 ** (len(config.block_out_channels) - 1)
+
+
+def _float32_boundary(ov, model):
+    """Inputs and outputs as float32, whatever precision the graph computes in."""
+    ppp = ov.preprocess.PrePostProcessor(model)
+    for i, port in enumerate(model.inputs):
+        if port.get_element_type() != ov.Type.f32:
+            ppp.input(i).tensor().set_element_type(ov.Type.f32)
+    for i, port in enumerate(model.outputs):
+        if port.get_element_type() != ov.Type.f32:
+            ppp.output(i).tensor().set_element_type(ov.Type.f32)
+    return ppp.build()
+
+
+def _compress_int8(model):
+    try:
+        import nncf
+    except ImportError:
+        raise UserError("INT8 weight compression needs NNCF: pip install 'ssdxl[openvino]'") from None
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+class _Compiled:
+    """One model (an IR file or a converted ``ov.Model``), compiled once per static input shape."""
+
+    def __init__(self, model: Any, precision: str):
+        ov = _openvino()
+        self._core = ov.Core()
+        self._model = self._core.read_model(model) if isinstance(model, Path) else model
+        self._config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        self._compiled: dict[tuple, Any] = {}
+
+    def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+        shapes = tuple(a.shape for a in inputs)
+        if shapes not in self._compiled:
+            if len(self._compiled) >= MAX_COMPILED_SHAPES:  # each holds its own copy of the weights
+                del self._compiled[next(iter(self._compiled))]
+            ports = self._model.inputs
+            self._model.reshape({port.get_any_name(): list(s) for port, s in zip(ports, shapes, strict=True)})
+            self._compiled[shapes] = self._core.compile_model(self._model, "CPU", self._config)
+        return self._compiled[shapes](list(inputs))[0]
+
+
+class OpenVINOUNet:
+    """Drop-in for the diffusers UNet call that the denoising loop makes."""
+
+    def __init__(self, model: Any, config: Any, dtype: torch.dtype, precision: str):
+        self.config = config
+        self.dtype = dtype
+        self._run = _Compiled(model, precision)
+
+    def supports(self, latent_shape: torch.Size) -> bool:
+        """Traced for latents the UNet halves evenly at every level; others take diffusers' resize path."""
+        return all(side % _latent_multiple(self.config) == 0 for side in latent_shape[-2:])
+
+    def __call__(self, sample: torch.Tensor, timestep: Any, *, encoder_hidden_states, added_cond_kwargs, **_):
+        batch = sample.shape[0]
+        timesteps = np.full((batch,), float(timestep), dtype=np.float32)
+        out = self._run(
+            _array(sample),
+            timesteps,
+            _array(encoder_hidden_states),
+            _array(added_cond_kwargs["text_embeds"]),
+            _array(added_cond_kwargs["time_ids"]),
+        )
+        return (torch.from_numpy(out).to(sample.dtype),)
+
+
+class OpenVINODecoder:
+    """The VAE decoder: unscaled latents in, pixels in [-1, 1] out (float32)."""
+
+    def __init__(self, model: Any, precision: str):
+        self._run = _Compiled(model, precision)
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run(_array(latents)))
+
+
+def load(folder: Path, components: Components) -> tuple[OpenVINOUNet, OpenVINODecoder]:
+    """The exported UNet and decoder of ``components``, computing in bfloat16 where the CPU has it."""
+    if not is_exported(folder):
+        raise UserError(f"{folder} holds no OpenVINO export; run: ssdxl export openvino MODEL")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{folder} was exported by another ssdxl version; export again")
+    precision = precision_hint(components.unet.dtype)
+    unet = OpenVINOUNet(folder / UNET_XML, components.unet.config, components.unet.dtype, precision)
+    return unet, OpenVINODecoder(folder / DECODER_XML, precision)
+
+
+def precision_hint(dtype: torch.dtype) -> str:
+    """OpenVINO computes in bfloat16 where the CPU has it and the model is not float32."""
+    return "bf16" if cpu_has_fast_bf16() and dtype != torch.float32 else "f32"
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(torch.float32).contiguous().numpy()

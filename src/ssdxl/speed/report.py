@@ -1,0 +1,73 @@
+"""A benchmark result (``bench.run_benchmark``'s JSON) as markdown: the machine line and one row per
+path with its stages, its distance from the FLOP floor and its speed-up over each baseline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+BASELINES = ("diffusers-fp32", "diffusers-bf16", "ssdxl-openvino")
+GIB = 2**30
+
+
+def machine_line(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    rates = result["matmul_flops_per_s"]
+    load = result["load_average"]
+    return (
+        f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, "
+        f"flags: {' '.join(m['speed_flags']) or 'none'}; matmul bf16 {rates['bf16']['wall'] / 1e12:.3f} / "
+        f"fp32 {rates['fp32']['wall'] / 1e12:.3f} TFLOP/s (wall, all threads), bf16 "
+        f"{rates['bf16']['cpu_1_thread'] / 1e12:.3f} TFLOP per CPU-second; load average "
+        f"{_load(load['start'])} at start, {_load(load['end'])} at end"
+    )
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    model = result["model"]
+    floor = model["unet_flops_per_step"] / result["matmul_flops_per_s"]["bf16"]["wall"]
+    lines = [
+        f"**{model['name']}**, {s['width']}x{s['height']}, {s['steps']} steps, guidance {s['guidance']}, "
+        f"{s['repeats']} timed runs after a warm-up. UNet {model['unet_parameters'] / 1e9:.2f} B parameters, "
+        f"{model['unet_flops_per_step'] / 1e12:.2f} TFLOP per step; floor {floor:.2f} s/step at the bf16 rate.",
+        "",
+        f"Machine: {machine_line(result)}.",
+        "",
+        "| path | text s | s/step median (min-max) | CPU s/step | x floor | decode s | total s | "
+        + " | ".join(f"x vs {b}" for b in BASELINES)
+        + " | peak RSS GiB | PSNR vs fp32 dB |",
+        "|---" * (10 + len(BASELINES)) + "|",
+    ]
+    paths = {p["name"]: p for p in result["paths"]}
+    for p in result["paths"]:
+        if not p["available"]:
+            lines.append(f"| {p['name']} | unavailable: {p['reason']} |" + " |" * (8 + len(BASELINES)))
+            continue
+        st = p["stats"]
+        step = st["step"]
+        ratios = [_ratio(paths.get(b), p) for b in BASELINES]
+        lines.append(
+            f"| {p['name']} | {st['text']['median']:.2f} | {step['median']:.2f} ({step['min']:.2f}-{step['max']:.2f})"
+            f" | {_num(st['cpu_step'].get('median'))} | {p['x_floor']:.2f} | {st['decode']['median']:.2f}"
+            f" | {st['total']['median']:.2f} | " + " | ".join(ratios) + f" | {p['peak_rss_bytes'] / GIB:.1f}"
+            f" | {_num(p['psnr_vs_fp32_db'], 1)} |"
+        )
+    lines += ["", "Paths: " + "; ".join(f"`{p['name']}`: {p['description']}" for p in result["paths"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(baseline: dict[str, Any] | None, path: dict[str, Any]) -> str:
+    """Baseline's median total time over this path's: > 1 means this path is faster."""
+    if not baseline or not baseline.get("stats"):
+        return "-"
+    return f"{baseline['stats']['total']['median'] / path['stats']['total']['median']:.2f}"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return "identical" if value == float("inf") else f"{value:.{digits}f}"
+
+
+def _load(values: list[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)

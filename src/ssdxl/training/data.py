@@ -1,0 +1,152 @@
+"""Training batches: same-size images (SDXL aspect buckets), captions and SDXL size conditioning.
+
+A source is anything with ``sample(index)`` returning an object with ``.image`` (PIL) and
+``.caption``: the shapes world (infinite) or an ``ImageCaptionFolder`` (finite, also ``len``).
+Batches are cut from *pools* of consecutive sample indices, so the position in the data is two
+integers (pool, batch) and ``--resume`` continues with exactly the batches an uninterrupted run
+would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ssdxl.errors import UserError
+
+POOL_BATCHES_PER_BUCKET = 8  # a pool holds about this many batches of each bucket
+
+
+class CaptionedImage(Protocol):
+    image: Image.Image
+    caption: str
+
+
+class IndexedSource(Protocol):
+    def sample(self, index: int) -> CaptionedImage: ...
+
+
+def open_source(data: str, seed: int, two_object_fraction: float = 0.3, split: str = "train") -> IndexedSource:
+    """``"shapes"`` is the procedural world; anything else is a folder of images + captions."""
+    if data == "shapes":
+        from ssdxl.data.shapes import ShapesWorld
+
+        return ShapesWorld(seed=seed, split=split, two_object_fraction=two_object_fraction)
+    from ssdxl.data.folder import ImageCaptionFolder
+
+    if not Path(data).exists():
+        raise UserError(f"--data must be 'shapes' or an existing folder of images + captions; got {data!r}")
+    return ImageCaptionFolder(data)
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # (B, 3, H, W) in [-1, 1], one bucket size
+    captions: list[str]
+    time_ids: torch.Tensor  # (B, 6): original (h, w), crop top-left (top, left), target (h, w)
+
+
+def fit_to_bucket(image: Image.Image, buckets: list[tuple[int, int]]) -> tuple[Image.Image, list[float]]:
+    """Resize-and-centre-crop ``image`` to the bucket nearest its aspect ratio.
+
+    Returns the bucket-sized image and its SDXL ``time_ids`` (original size, crop top-left in
+    the resized image, target size), so the model learns what each image really was.
+    """
+    w, h = image.size
+    bw, bh = min(buckets, key=lambda b: abs(math.log((b[0] / b[1]) / (w / h))))
+    if (w, h) != (bw, bh):
+        scale = max(bw / w, bh / h)
+        rw, rh = max(bw, round(w * scale)), max(bh, round(h * scale))
+        left, top = (rw - bw) // 2, (rh - bh) // 2
+        image = image.resize((rw, rh), Image.Resampling.LANCZOS).crop((left, top, left + bw, top + bh))
+    else:
+        left = top = 0
+    return image, [h, w, top, left, bh, bw]
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (3, H, W) float in [-1, 1], the VAE's input range."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+class BucketBatches:
+    """An endless, resumable iterator of ``Batch``es, every batch one bucket size."""
+
+    def __init__(self, source: IndexedSource, buckets: list[tuple[int, int]], batch_size: int, seed: int) -> None:
+        self.source = source
+        self.buckets = buckets
+        self.batch_size = batch_size
+        self.seed = seed
+        self.pool_size = batch_size * POOL_BATCHES_PER_BUCKET * len(buckets)
+        self.length: int | None = len(source) if hasattr(source, "__len__") else None  # type: ignore[arg-type]
+        # An endless source drops each bucket's short remainder (there is always more data);
+        # a folder keeps it, so every image is seen once per epoch.
+        self.keep_remainders = self.length is not None
+        self.pool = 0
+        self.offset = 0  # next batch within the pool
+        self._batches: list[Batch] | None = None
+        self._order: tuple[int, np.ndarray] = (-1, np.arange(0))  # (epoch, its permutation)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"pool": self.pool, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.pool, self.offset, self._batches = int(state["pool"]), int(state["offset"]), None
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._batches is None:
+            self._batches = self._make_pool(self.pool)
+        batch = self._batches[self.offset]
+        self.offset += 1
+        if self.offset == len(self._batches):
+            self.pool, self.offset, self._batches = self.pool + 1, 0, None
+        return batch
+
+    def _index(self, position: int) -> int:
+        """Sample index at a global position: in order for endless sources, reshuffled per epoch otherwise."""
+        if self.length is None:
+            return position
+        epoch, within = divmod(position, self.length)
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng((self.seed, 1, epoch)).permutation(self.length))
+        return int(self._order[1][within])
+
+    def _make_pool(self, pool: int) -> list[Batch]:
+        by_bucket: dict[tuple[int, int], list[tuple[torch.Tensor, str, list[float]]]] = {}
+        start = pool * self.pool_size
+        for position in range(start, start + self.pool_size):
+            sample = self.source.sample(self._index(position))
+            image, time_ids = fit_to_bucket(sample.image, self.buckets)
+            by_bucket.setdefault(image.size, []).append((to_tensor(image), sample.caption, time_ids))
+        batches = []
+        for items in by_bucket.values():
+            full = len(items) if self.keep_remainders else len(items) - len(items) % self.batch_size
+            for i in range(0, full, self.batch_size):
+                chunk = items[i : i + self.batch_size]
+                batches.append(
+                    Batch(
+                        pixels=torch.stack([c[0] for c in chunk]),
+                        captions=[c[1] for c in chunk],
+                        time_ids=torch.tensor([c[2] for c in chunk], dtype=torch.float32),
+                    )
+                )
+        order = np.random.default_rng((self.seed, 2, pool)).permutation(len(batches))
+        return [batches[i] for i in order]
+
+
+def fixed_batches(source: IndexedSource, buckets: list[tuple[int, int]], count: int, batch_size: int) -> list[Batch]:
+    """The first ``count`` samples of ``source`` as bucketed batches: a fixed evaluation set."""
+    stream = BucketBatches(source, buckets, batch_size, seed=0)
+    stream.pool_size, stream.keep_remainders = count, True
+    return stream._make_pool(0)

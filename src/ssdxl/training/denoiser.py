@@ -1,0 +1,230 @@
+"""Stage 2: the denoiser -- UNet and both CLIP text towers trained jointly, the VAE frozen.
+
+Everything is SDXL's recipe at toy size, so the result loads and samples in stock diffusers:
+
+* conditioning: penultimate hidden states of both towers concatenated (``cross_attention_dim``),
+  the second tower's pooled projection as ``text_embeds``, and ``time_ids`` = (original size,
+  crop top-left, target size) from each image's real size;
+* caption dropout: a dropped caption gets all-zero embeddings, which is exactly what the
+  pipeline feeds for an empty negative prompt (``force_zeros_for_empty_prompt``), so
+  classifier-free guidance works out of the box;
+* epsilon prediction on the scaled-linear schedule (0.00085..0.012, 1000 steps), min-SNR-gamma
+  loss weighting, AdamW + cosine, EMA weights (the exported ones), bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from ssdxl.models.components import Components
+from ssdxl.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from ssdxl.training.config import TrainConfig
+from ssdxl.training.data import Batch, BucketBatches, open_source
+from ssdxl.training.export import export_model, preview_grid, preview_prompts
+from ssdxl.training.optim import adamw, autocast, cosine_with_warmup
+from ssdxl.training.progress import Progress
+
+STAGE = "denoiser"
+TRAINED = ("unet", "text_encoder", "text_encoder_2")
+
+
+def train_denoiser(cfg: TrainConfig, parts: Components, buckets: list[tuple[int, int]]) -> Components:
+    """Train ``parts``' UNet and text towers for ``cfg.steps`` steps (resuming a checkpoint if there
+    is one); returns the parts with the EMA weights, as exported to ``<run>/model``."""
+    run = cfg.run_dir
+    source = open_source(cfg.data, cfg.seed, cfg.two_object_fraction)
+    batches = BucketBatches(source, buckets, cfg.batch_size, seed=cfg.seed + 1)
+    prompts = preview_prompts(cfg.data, source)
+
+    # Model: the trained modules, a frozen VAE, and the attention kernels that are fastest for
+    # tiny models on CPU (plain attention: SDPA's backward costs ~1.5x more at this size).
+    models = {name: getattr(parts, name) for name in TRAINED}
+    parts.unet.set_attn_processor(AttnProcessor())
+    for tower in (parts.text_encoder, parts.text_encoder_2):
+        tower.set_attn_implementation("eager")
+    parts.vae.requires_grad_(False).eval()
+    text = TextConditioner(parts.tokenizer, parts.tokenizer_2, parts.text_encoder, parts.text_encoder_2)
+    noise = NoiseSchedule.from_config(parts.scheduler_config)
+    ema = EMA(models, cfg.ema_decay)
+
+    # Optimiser.
+    named = [(f"{m}.{n}", p) for m, module in models.items() for n, p in module.named_parameters()]
+    optimizer = adamw(named, cfg.lr, cfg.weight_decay)
+    schedule = cosine_with_warmup(optimizer, warmup=min(cfg.warmup_steps, cfg.steps // 10), total=cfg.steps)
+    trainable = [p for _, p in named]
+
+    # Resume.
+    step = 0
+    ckpt = checkpoint_path(run, STAGE)
+    if ckpt.is_file():
+        state = load_checkpoint(ckpt)
+        for name, module in models.items():
+            module.load_state_dict(state["models"][name])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        batches.load_state_dict(state["data"])
+        step = state["step"]
+
+    # Loop.
+    for module in models.values():
+        module.train()
+    progress = Progress(STAGE, step, cfg.steps, run / "log.jsonl", cfg.log_every)
+    while step < cfg.steps:
+        batch = next(batches)
+        loss = denoising_loss(cfg, batch, parts.vae, parts.unet, text, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(models, step)
+        step += 1
+        progress.step(step, loss.item(), lr=schedule.get_last_lr()[0])
+
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            state = {"models": {n: m.state_dict() for n, m in models.items()}, "ema": ema.state_dict()}
+            state |= {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+            state |= {"data": batches.state_dict(), "step": step}
+            save_checkpoint(ckpt, state)
+            final = ema.apply_to(parts)
+            folder = export_model(final, run / "model", cfg.save_dtype)
+            grid = preview_grid(final, prompts, run / "previews" / f"step_{step:06d}.png", seed=cfg.seed)
+            progress.note(step=step, checkpoint=str(ckpt), model=str(folder), preview=str(grid))
+    progress.close()
+    return ema.apply_to(parts)
+
+
+def denoising_loss(
+    cfg: TrainConfig,
+    batch: Batch,
+    vae: AutoencoderKL,
+    unet: UNet2DConditionModel,
+    text: TextConditioner,
+    noise: NoiseSchedule,
+) -> torch.Tensor:
+    """Min-SNR-weighted epsilon loss of one batch, captions dropped (zeroed) at ``cfg.caption_dropout``."""
+    n = len(batch.captions)
+    with torch.no_grad(), autocast(cfg.bf16):
+        latents = vae.encode(batch.pixels).latent_dist.sample().float() * vae.config.scaling_factor
+    eps = torch.randn_like(latents)
+    t = torch.randint(0, noise.steps, (n,))
+    keep = caption_keep_mask(n, cfg.caption_dropout)
+    with autocast(cfg.bf16):
+        prompt_embeds, conditions = text.conditioning(batch.captions, batch.time_ids, keep)
+        pred = unet(noise.add(latents, eps, t), t, prompt_embeds, added_cond_kwargs=conditions).sample
+    per_sample = (pred.float() - eps).pow(2).mean(dim=(1, 2, 3))
+    snr = noise.snr(t)
+    weight = snr.clamp(max=cfg.snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
+    return (per_sample * weight).mean()
+
+
+def caption_keep_mask(n: int, dropout: float) -> torch.Tensor:
+    """1.0 for captions kept, 0.0 for the ``dropout`` share that trains the unconditional model."""
+    return (torch.rand(n) >= dropout).float()
+
+
+@dataclass
+class NoiseSchedule:
+    """The DDPM forward process of the exported scheduler config (so training and sampling agree)."""
+
+    alphas_cumprod: torch.Tensor
+
+    @classmethod
+    def from_config(cls, config: dict) -> NoiseSchedule:
+        if config.get("beta_schedule") != "scaled_linear":
+            raise ValueError("training implements the scaled_linear beta schedule only")
+        start, end, steps = config["beta_start"], config["beta_end"], config["num_train_timesteps"]
+        betas = torch.linspace(start**0.5, end**0.5, steps, dtype=torch.float64) ** 2
+        return cls(torch.cumprod(1.0 - betas, dim=0).float())
+
+    @property
+    def steps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def add(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        a = self.alphas_cumprod[t]
+        return a / (1 - a)
+
+
+class TextConditioner:
+    """Captions -> (prompt_embeds, pooled) exactly as ``StableDiffusionXLPipeline.encode_prompt`` does.
+
+    Token ids are cached per caption: a synthetic world repeats captions, and BPE is slow.
+    """
+
+    def __init__(
+        self,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: CLIPTokenizer,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+    ) -> None:
+        self.pairs = ((tokenizer, text_encoder), (tokenizer_2, text_encoder_2))
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def ids(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if caption not in self.cache:
+            ids = [
+                tok(caption, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids[0]
+                for tok, _ in self.pairs
+            ]  # fmt: skip
+            self.cache[caption] = (ids[0], ids[1])
+        return self.cache[caption]
+
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_embeds (B, 77, hidden 1 + hidden 2), pooled ``text_embeds`` (B, projection 2))."""
+        ids = [self.ids(c) for c in captions]
+        hidden = []
+        for slot, (_, encoder) in enumerate(self.pairs):
+            out = encoder(torch.stack([i[slot] for i in ids]), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+        return torch.cat(hidden, dim=-1), out.text_embeds
+
+    def conditioning(
+        self, captions: list[str], time_ids: torch.Tensor, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The UNet's ``encoder_hidden_states`` and ``added_cond_kwargs``; rows with ``keep`` 0 get
+        all-zero text conditioning (size conditioning stays, as in the pipeline's negative branch)."""
+        prompt_embeds, pooled = self(captions)
+        prompt_embeds = prompt_embeds * keep[:, None, None]
+        pooled = pooled * keep[:, None]
+        return prompt_embeds, {"text_embeds": pooled, "time_ids": time_ids}
+
+
+class EMA:
+    """Exponential moving average of the trained modules' weights (with the usual warm-up)."""
+
+    def __init__(self, models: dict[str, torch.nn.Module], decay: float) -> None:
+        self.decay = decay
+        self.copies = {n: copy.deepcopy(m).eval().requires_grad_(False) for n, m in models.items()}
+
+    @torch.no_grad()
+    def update(self, models: dict[str, torch.nn.Module], step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for name, module in models.items():
+            ema = list(self.copies[name].parameters())
+            torch._foreach_lerp_(ema, [p.detach() for p in module.parameters()], 1.0 - decay)
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {n: m.state_dict() for n, m in self.copies.items()}
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        for name, module in self.copies.items():
+            module.load_state_dict(state[name])
+
+    def apply_to(self, parts: Components) -> Components:
+        """``parts`` with the averaged modules in place of the live ones (shared, not copied)."""
+        return dataclasses.replace(parts, **self.copies)

@@ -1,0 +1,50 @@
+"""``train``: the whole recipe, stage after stage, in one resumable run folder.
+
+<run>/config.json          the settings (``--resume`` reads them back)
+<run>/log.jsonl            one JSON line per log interval / event
+<run>/checkpoints/*.pt     latest internal checkpoint of each stage
+<run>/vae/                 stage 1 result (diffusers AutoencoderKL + metrics.json)
+<run>/previews/*.png       samples from each denoiser checkpoint
+<run>/model/               the diffusers pipeline folder (EMA weights), rewritten at every
+                           checkpoint; after the last step it is the finished model
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+
+from ssdxl.errors import UserError
+from ssdxl.models.components import build_components
+from ssdxl.training.autoencoder import train_autoencoder
+from ssdxl.training.config import TrainConfig, architecture
+from ssdxl.training.data import open_source
+from ssdxl.training.denoiser import train_denoiser
+from ssdxl.training.export import export_model
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train the autoencoder, then the denoiser, into ``cfg.out``; returns the diffusers folder."""
+    cfg.validate()
+    open_source(cfg.data, cfg.seed)  # a bad --data fails now, before anything is written
+    run = cfg.run_dir
+    started = (run / "checkpoints").exists() or (run / "vae").exists()
+    if started and not resume:
+        raise UserError(f"{str(run)!r} already holds a training run; pass --resume or choose another --out")
+    cfg.save()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        preset, buckets = architecture(cfg.arch)
+        parts = build_components(preset, seed=cfg.seed, name=cfg.name)
+        if (run / "vae" / "config.json").is_file():
+            parts.vae = AutoencoderKL.from_pretrained(run / "vae")
+        else:
+            parts.vae = train_autoencoder(cfg, parts.vae, buckets)
+        final = train_denoiser(cfg, parts, buckets)
+        return export_model(final, run / "model", cfg.save_dtype)
+    finally:
+        torch.set_num_threads(threads)  # a library call should not leave the process re-tuned

@@ -1,0 +1,65 @@
+"""Scale-out: a server with --redis queues jobs, two `ssdxl worker` processes run them, each exactly once."""
+
+import shutil
+import subprocess
+
+import pytest
+import requests
+from serverkit import MODEL, free_port, spawn_server, spawn_ssdxl, stop_process, wait_for_jobs, wait_until
+
+from ssdxl.server.config import ServerConfig
+from ssdxl.server.storage import open_data
+from ssdxl.server.store import SUCCEEDED
+
+JOBS = 12
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install -y redis-server)")
+    pytest.importorskip("rq", reason="rq is not installed (pip install '.[serve]')")
+    port = free_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen([*command, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    from redis import Redis
+
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_until(lambda: _pings(Redis.from_url(url)), 30, "redis-server to start")
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except Exception:
+        return False
+
+
+def test_two_workers_run_every_job_exactly_once(tiny_dir, tmp_path, redis_url):
+    from redis import Redis
+    from rq import Worker
+
+    data_dir, model = tmp_path / "shared", tiny_dir(MODEL)
+    args = ["--redis", redis_url, "--model", f"{MODEL}={model}", "--max-batch", "2"]
+    workers = [spawn_ssdxl(["worker", *args], data_dir, tmp_path / f"worker{i}.log") for i in range(2)]
+    server, url = spawn_server(data_dir, model, "--redis", redis_url, log=tmp_path / "server.log")
+    try:
+        wait_until(lambda: len(Worker.all(connection=Redis.from_url(redis_url))) == 2, 120, "both workers")
+        body = {"prompt": "a purple circle", "width": 64, "height": 64, "steps": 2}
+        ids = [requests.post(f"{url}/v2/jobs", json={**body, "seed": i}).json()["id"] for i in range(JOBS)]
+        jobs = wait_for_jobs(url, ids, timeout=240)
+    finally:
+        for process in (server, *workers):
+            stop_process(process)
+    logs = "\n".join(p.read_text()[-2000:] for p in tmp_path.glob("*.log"))
+    assert [j["status"] for j in jobs] == [SUCCEEDED] * JOBS, logs
+    assert all(j["attempts"] == 1 for j in jobs)
+    store, storage = open_data(ServerConfig(data_dir=data_dir))
+    holders = {store.db.connection().execute("SELECT worker FROM jobs WHERE id = ?", (i,)).fetchone()[0] for i in ids}
+    assert len(holders) == 2, f"one worker did all the work: {holders}"
+    for job_id in ids:  # exactly one set of result files each
+        assert [p.name for p in storage.root.glob(f"{job_id}-a*")] == [f"{job_id}-a1-0.png"]

@@ -1,0 +1,205 @@
+"""``ssdxl train`` on the tiny architecture: a few steps of each stage, a diffusers folder that the
+stock pipeline samples from, exact resume after a crash, and the conditioning SDXL expects."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ssdxl.errors import UserError
+from ssdxl.training import TrainConfig, train
+from ssdxl.training.progress import Progress
+
+# One thread: two stall each other whenever the shared test machine is busy (4x slower here).
+TINY = {"arch": "tiny", "vae_steps": 4, "steps": 4, "batch_size": 4, "checkpoint_every": 2, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("train") / "run"
+    train(TrainConfig(out=str(run), **TINY))
+    return run
+
+
+def test_writes_a_diffusers_folder_that_stock_diffusers_samples(finished_run: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    folder = finished_run / "model"
+    info = json.loads((folder / "ssdxl.json").read_text())
+    assert info["defaults"] == {"width": 32, "height": 32, "steps": 4, "guidance_scale": 4.5, "scheduler": "Euler"}
+    with safe_open(folder / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    assert pipe.vae.config.scaling_factor != 1.0  # measured from the latents at the end of stage 1
+    assert pipe.text_encoder.get_input_embeddings().num_embeddings == 49408  # the real CLIP vocabulary
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red circle on a black background", num_inference_steps=2, guidance_scale=4.0).images[0]
+    assert image.size == (32, 32)  # the UNet's sample_size x the VAE's downsampling
+
+    metrics = json.loads((finished_run / "vae" / "metrics.json").read_text())
+    assert metrics["psnr_db"] > 0
+    assert sorted(p.name for p in (finished_run / "previews").iterdir()) == ["step_000002.png", "step_000004.png"]
+    stages = {json.loads(line)["stage"] for line in (finished_run / "log.jsonl").read_text().splitlines()}
+    assert stages == {"autoencoder", "denoiser"}
+
+
+def _crash_at(monkeypatch: pytest.MonkeyPatch, stage: str, at: int) -> None:
+    """Make the run die (like a kill) just before it records step ``at`` of ``stage``."""
+    original = Progress.step
+
+    def step(self: Progress, step: int, loss: float, **metrics: float) -> None:
+        if self.stage == stage and step == at:
+            raise KeyboardInterrupt
+        original(self, step, loss, **metrics)
+
+    monkeypatch.setattr(Progress, "step", step)
+
+
+def test_resume_continues_exactly(finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ssdxl.cli.train import train as train_command
+
+    run = tmp_path / "run"
+    options = dict(TINY)
+    with monkeypatch.context() as m:
+        _crash_at(m, "autoencoder", 3)
+        with pytest.raises(KeyboardInterrupt):
+            train_command(out=run, **options)
+    with pytest.raises(UserError, match="already holds a training run"):
+        train_command(out=run, **options)
+    with monkeypatch.context() as m:
+        _crash_at(m, "denoiser", 3)
+        with pytest.raises(KeyboardInterrupt):
+            train_command(out=run, resume=True)
+    assert json.loads((run / "config.json").read_text())["steps"] == 4
+    train_command(out=run, resume=True)
+
+    for stage in ("autoencoder", "denoiser"):
+        resumed = torch.load(run / "checkpoints" / f"{stage}.pt", weights_only=False)
+        straight = torch.load(finished_run / "checkpoints" / f"{stage}.pt", weights_only=False)
+        assert resumed["step"] == straight["step"] == 4
+        assert resumed["data"] == straight["data"]
+        weights = ("model",) if stage == "autoencoder" else ("models", "ema")
+        for key in weights:
+            a, b = _flatten(resumed[key]), _flatten(straight[key])
+            assert a.keys() == b.keys()
+            assert all(torch.equal(a[k], b[k]) for k in a), f"{stage} {key} differ after resume"
+
+
+def _flatten(state: dict) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            out |= {f"{key}.{k}": v for k, v in _flatten(value).items()}
+        else:
+            out[key] = value
+    return out
+
+
+def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
+    from ssdxl.cli.train import train as train_command
+
+    with pytest.raises(UserError, match="drop --batch-size"):
+        train_command(out=tmp_path, resume=True, batch_size=8)
+    with pytest.raises(UserError, match="not a training run folder"):
+        train_command(out=tmp_path, resume=True)
+
+
+def test_bad_data_and_architecture(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown architecture"):
+        train(TrainConfig(out=str(tmp_path / "a"), arch="huge"))
+    with pytest.raises(UserError, match="--data must be"):
+        train(TrainConfig(out=str(tmp_path / "b"), data=str(tmp_path / "missing"), **TINY))
+    assert not (tmp_path / "b").exists()
+
+
+def test_conditioning_shapes_and_caption_dropout() -> None:
+    from ssdxl.models.components import build_components
+    from ssdxl.training.config import architecture
+    from ssdxl.training.denoiser import TextConditioner, caption_keep_mask
+
+    parts = build_components(architecture("tiny")[0])
+    text = TextConditioner(parts.tokenizer, parts.tokenizer_2, parts.text_encoder, parts.text_encoder_2)
+    captions = ["a red circle", "a blue square above a green star", "", "a white cross on the left"]
+    time_ids = torch.tensor([[32, 32, 0, 0, 32, 32], [48, 80, 0, 2, 32, 48]] * 2, dtype=torch.float32)
+    keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    with torch.no_grad():
+        prompt_embeds, added = text.conditioning(captions, time_ids, keep)
+
+    assert prompt_embeds.shape == (4, 77, parts.unet.config.cross_attention_dim)  # hidden 32 + hidden 32
+    assert added["text_embeds"].shape == (4, parts.text_encoder_2.config.projection_dim)
+    assert added["time_ids"].shape == (4, 6)
+    for row in (1, 3):  # dropped: exactly what the pipeline feeds for an empty negative prompt
+        assert not prompt_embeds[row].any() and not added["text_embeds"][row].any()
+    for row in (0, 2):
+        assert prompt_embeds[row].abs().sum() > 0 and added["text_embeds"][row].abs().sum() > 0
+    # the UNet accepts them: the text_time projection input is pooled + 6 time ids
+    with torch.no_grad():
+        out = parts.unet(
+            torch.randn(4, 4, 8, 8), torch.tensor([1, 10, 100, 999]), prompt_embeds, added_cond_kwargs=added
+        )
+    assert out.sample.shape == (4, 4, 8, 8)
+
+    torch.manual_seed(0)
+    rate = caption_keep_mask(20000, 0.1).mean().item()
+    assert 0.89 < rate < 0.91
+
+
+def test_buckets_time_ids_and_resumable_batches() -> None:
+    from ssdxl.data.shapes import ShapesWorld
+    from ssdxl.training.data import BucketBatches, fit_to_bucket
+
+    buckets = [(32, 32), (48, 32)]
+    image, time_ids = fit_to_bucket(Image.new("RGB", (80, 48)), buckets)
+    assert image.size == (48, 32)
+    assert time_ids == [48, 80, 0, 2, 32, 48]  # original (h, w), crop (top, left), target (h, w)
+    image, time_ids = fit_to_bucket(Image.new("RGB", (32, 32)), buckets)
+    assert time_ids == [32, 32, 0, 0, 32, 32]
+
+    stream = BucketBatches(ShapesWorld(seed=1), buckets, batch_size=4, seed=0)
+    for _ in range(5):
+        batch = next(stream)
+        assert batch.pixels.shape[0] == len(batch.captions) == len(batch.time_ids) == 4
+        h, w = batch.pixels.shape[-2:]
+        assert (w, h) in buckets and (batch.time_ids[:, 4:] == torch.tensor([h, w])).all()
+    state = stream.state_dict()
+    expected = next(stream)
+    again = BucketBatches(ShapesWorld(seed=1), buckets, batch_size=4, seed=0)
+    again.load_state_dict(state)
+    got = next(again)
+    assert got.captions == expected.captions and torch.equal(got.pixels, expected.pixels)
+
+
+def test_evaluation_set_keeps_every_image() -> None:
+    from ssdxl.data.shapes import ShapesWorld
+    from ssdxl.training.data import fixed_batches
+
+    batches = fixed_batches(ShapesWorld(seed=1), [(32, 32), (48, 32)], count=10, batch_size=4)
+    assert sum(len(b.captions) for b in batches) == 10
+
+
+def test_folder_source_keeps_every_image(tmp_path: Path) -> None:
+    from ssdxl.data.shapes import ShapesWorld
+    from ssdxl.training.data import BucketBatches, open_source
+
+    ShapesWorld(seed=2).export(tmp_path, 10)
+    folder = open_source(str(tmp_path), seed=0)
+    stream = BucketBatches(folder, [(32, 32), (48, 32)], batch_size=4, seed=0)
+    seen = []
+    while stream.pool == 0:
+        seen += next(stream).captions
+    assert len(seen) == stream.pool_size  # a pool spans whole epochs of the folder, none dropped
+    assert sorted(set(seen)) == sorted({s.caption for s in folder})
+
+
+def test_copying_a_run_keeps_it_resumable(finished_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    cfg = TrainConfig.load(run)
+    assert cfg.out == str(run) and cfg.arch == "tiny"
