@@ -105,3 +105,14 @@ def test_repo_id_loads_from_the_local_hugging_face_cache_offline(tiny_dir, tmp_p
     components = load_components("segmind/SSD-1B")
     expected = load_components(tiny_dir("ssd-1b"))
     assert torch.equal(components.unet.conv_in.weight, expected.unet.conv_in.weight)
+
+
+def test_folders_without_tokenizers_use_the_sdxl_clip_tokenizers(tiny_dir, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(tiny_dir("vega"), tmp_path / "no-tokenizers")
+    shutil.rmtree(folder / "tokenizer")
+    shutil.rmtree(folder / "tokenizer_2")
+    components = load_components(folder)
+    assert components.tokenizer("a cat").input_ids == [49406, 320, 2368, 49407]
+    assert components.tokenizer_2.pad_token == "!"

@@ -317,6 +317,7 @@ SUBCOMMANDS = {
     "worker": "ssdxl.cli.serve:worker",
     "keys": "ssdxl.cli.serve:keys",
     "eval": "ssdxl.cli.evaluate:app",
+    "distill": "ssdxl.cli.distill:app",
     "bench": "ssdxl.cli.bench:bench",
     "export": "ssdxl.cli.bench:export_app",
 }

@@ -23,6 +23,7 @@ from ssdxl.errors import UserError
 from ssdxl.models import builtin
 from ssdxl.models.components import SSDXL_INFO, Components, build_components
 from ssdxl.models.presets import Preset, get_preset
+from ssdxl.models.tokenizers import clip_tokenizer
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 SGM_CONFIG_KEY = "ssdxl.configs"  # safetensors metadata entry holding the component configs
@@ -84,7 +85,7 @@ def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool = False)
         entry = index.get(name)
         return bool(entry) and entry[0] is not None and (folder / name).is_dir()
 
-    for name in ("unet", "vae", "text_encoder_2", "tokenizer_2", "scheduler"):
+    for name in ("unet", "vae", "text_encoder_2", "scheduler"):
         if not present(name):
             raise UserError(f"{folder} has no {name}/ component; is it an SDXL-family pipeline?")
     try:
@@ -96,8 +97,8 @@ def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool = False)
             else None
         )
         te2 = _from_pretrained(CLIPTextModelWithProjection, folder / "text_encoder_2", dtype, allow_pickle)
-        tok1 = CLIPTokenizer.from_pretrained(folder / "tokenizer") if te1 is not None else None
-        tok2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
+        tok1 = _tokenizer(folder, "tokenizer") if te1 is not None else None
+        tok2 = _tokenizer(folder, "tokenizer_2")
     except UserError:
         raise
     except Exception as exc:
@@ -121,6 +122,14 @@ def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool = False)
     )
     components.defaults = {**fallback_defaults(components), **components.defaults}
     return components
+
+
+def _tokenizer(folder: Path, slot: str) -> CLIPTokenizer:
+    """The folder's tokenizer, or SDXL's (the CLIP BPE, rebuilt from the package) when it ships none:
+    the built-in models leave theirs out to stay small."""
+    if (folder / slot).is_dir():
+        return CLIPTokenizer.from_pretrained(folder / slot)
+    return clip_tokenizer(slot)
 
 
 def _from_pretrained(cls: Any, folder: Path, dtype: torch.dtype, allow_pickle: bool) -> Any:
