@@ -142,8 +142,9 @@ def test_schedulers_lists_segmind_and_a1111_names():
 
 def test_eval_adherence_prints_a_table_and_writes_json(tiny_dir, tmp_path):
     report = tmp_path / "adherence.json"
-    result = run("eval", "adherence", "-m", tiny_dir("vega"), "--singles", 2, "--pairs", 1, "--steps", 1,
-                 "--json", report)
+    result = run(
+        "eval", "adherence", "-m", tiny_dir("vega"), "--singles", 2, "--pairs", 1, "--steps", 1, "--json", report
+    )
     assert result.exit_code == 0, result.output
     assert "background" in result.stdout and "relation" in result.stdout and "fid" in result.stdout
     data = json.loads(report.read_text())

@@ -18,7 +18,6 @@ import copy
 import itertools
 import json
 import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from ssdxl.models.components import Components
 from ssdxl.models.loading import load_components
 from ssdxl.models.presets import unet_stats
 from ssdxl.sampling.precision import cpu_has_fast_bf16
+from ssdxl.speed.machine import cpu_model
 from ssdxl.training.export import export_model
 
 REPORT = "distill-report"
@@ -172,7 +172,7 @@ def write_report(out: Path, cfg: DistillConfig, root: Components, stages: list[d
 def machine() -> dict[str, Any]:
     """What the timings were measured on."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -206,14 +206,3 @@ def _folder_unet_config(source: str) -> dict[str, Any] | None:
     folder = builtin.resolve(source) or Path(source).expanduser()
     config = folder / "unet" / "config.json"
     return json.loads(config.read_text()) if config.is_file() else None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

@@ -215,17 +215,16 @@ class Engine:
             mask = torch.cat([_latent_mask(row.request.mask_image, latents) for row in rows])
             inpainting = Inpainting(init, noise, mask)
         with _timed(timings, "denoise"):
-            latents = denoise(
-                self.runtime.unet(comps.unet, latents, r.cache_interval),
+            latents = self._denoise(
+                comps,
                 scheduler,
                 latents,
                 timesteps,
-                *_stack([row.cond for row in rows]),
-                r.guidance_scale,
+                _stack([row.cond for row in rows]),
+                r,
                 generators,
-                guidance_cutoff=r.guidance_cutoff,
-                inpainting=inpainting,
-                callback=callback,
+                callback,
+                inpainting,
             )
         _check_finite(latents, "base model latents", self.dtype)
         if r.refiner:
@@ -261,19 +260,25 @@ class Engine:
         scheduler = resolve_scheduler(r.scheduler).build(comps.scheduler_config)
         timesteps = schedule_slice(scheduler, r.steps, strength=r.strength or 1.0, start=r.high_noise_fraction)
         with _timed(timings, "refine"):
-            latents = denoise(
-                self.runtime.unet(comps.unet, latents, r.cache_interval),
-                scheduler,
-                latents,
-                timesteps,
-                *refiner_cond,
-                r.guidance_scale,
-                generators,
-                guidance_cutoff=r.guidance_cutoff,
-                callback=callback,
-            )
+            latents = self._denoise(comps, scheduler, latents, timesteps, refiner_cond, r, generators, callback)
         _check_finite(latents, "refiner latents", self.dtype)
         return latents
+
+    def _denoise(self, comps, scheduler, latents, timesteps, conds, r, generators, callback, inpainting=None):
+        """One model's part of the schedule, through the runtime's UNet (eager, DeepCache or OpenVINO)."""
+        unet = self.runtime.unet(comps.unet, latents, r.cache_interval)
+        return denoise(
+            unet,
+            scheduler,
+            latents,
+            timesteps,
+            *conds,
+            r.guidance_scale,
+            generators,
+            guidance_cutoff=r.guidance_cutoff,
+            inpainting=inpainting,
+            callback=callback,
+        )
 
     def _final_vae(self, r: GenerationRequest):
         return (self.refiner if r.refiner else self.base).components.vae
