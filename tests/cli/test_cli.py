@@ -149,3 +149,13 @@ def test_eval_adherence_prints_a_table_and_writes_json(tiny_dir, tmp_path):
     assert "background" in result.stdout and "relation" in result.stdout and "fid" in result.stdout
     data = json.loads(report.read_text())
     assert data["counts"]["all"] == 3 and 0.0 <= data["accuracy"]["all"] <= 1.0
+
+
+def test_tiled_vae_decodes_images_larger_than_a_tile(tiny_dir, tmp_path):
+    out = tmp_path / "big.png"
+    result = run(
+        "generate", "a cat", "-m", tiny_dir("vega"), "-W", 160, "-H", 128, "--steps", 1, "--tiled-vae", "-o", out, "-q"
+    )  # the tiny VAE's tile is 64 pixels
+    assert result.exit_code == 0, result.output
+    pixels = np.asarray(Image.open(out))
+    assert pixels.shape == (128, 160, 3) and pixels.std() > 0

@@ -138,8 +138,11 @@ def generate(
         str, typer.Option("--backend", help="auto (OpenVINO once exported, else PyTorch), torch or openvino.")
     ] = "auto",
     optimize: Annotated[
-        bool, typer.Option("--optimize/--no-optimize", help="The measured CPU settings (channels-last, VAE tiling).")
+        bool, typer.Option("--optimize/--no-optimize", help="The measured CPU settings (channels-last).")
     ] = True,
+    tiled_vae: Annotated[
+        bool, typer.Option("--tiled-vae", help="Decode in tiles: bounded memory for large images, faint seams.")
+    ] = False,
     from_png: Annotated[Path | None, typer.Option("--from-png", help="Re-create the image whose PNG is given.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
@@ -206,6 +209,8 @@ def generate(
         backend=backend,
         optimize=optimize,
     )
+    if tiled_vae:
+        engine.enable_tiled_vae()
     resolved = engine.resolve(request)
     paths = output_paths(output, resolved.samples)
     if paths[0].suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):

@@ -93,6 +93,13 @@ class Engine:
         runtime = Runtime.prepare(loaded, torch_device, backend=backend, optimize=optimize)
         return cls(base, ref, torch_device, torch_dtype, runtime)
 
+    def enable_tiled_vae(self) -> None:
+        """Decode large images tile by tile (diffusers' VAE tiling): memory stays bounded, and the
+        pixels differ slightly near tile seams, so it is a choice, not a default."""
+        for loaded in (self.base, self.refiner):
+            if loaded is not None:
+                loaded.components.vae.enable_tiling()
+
     @property
     def model_name(self) -> str:
         return self.base.components.name
