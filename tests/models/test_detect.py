@@ -6,11 +6,9 @@ from functools import cache
 
 import pytest
 import torch
-from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ssdxl.errors import UserError
+from ssdxl.models.components import build_components
 from ssdxl.models.detect import describe_structure, detect_preset
 from ssdxl.models.presets import get_preset
 from ssdxl.models.sgm import sgm_from_components
@@ -18,22 +16,10 @@ from ssdxl.models.sgm import sgm_from_components
 PRESETS = ["sdxl-base", "ssd-1b", "vega", "sdxl-refiner"]
 
 
-def text_config(config: dict) -> CLIPTextConfig:
-    return CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})
-
-
 @cache
 def sgm_keys(name: str, scale: str) -> list[str]:
     """The SGM key names of a preset, from models built on the meta device (no memory, no init)."""
-    preset = get_preset(name, scale)
-    with init_empty_weights():
-        models = {
-            "unet": UNet2DConditionModel.from_config(preset.unet),
-            "vae": AutoencoderKL.from_config(preset.vae),
-            "text_encoder_2": CLIPTextModelWithProjection(text_config(preset.text_encoder_2)),
-        }
-        if preset.text_encoder is not None:
-            models["text_encoder"] = CLIPTextModel(text_config(preset.text_encoder))
+    models = build_components(get_preset(name, scale), empty=True).modules()
     return list(sgm_from_components({key: model.state_dict() for key, model in models.items()}))
 
 
@@ -114,8 +100,7 @@ def test_sd15_is_rejected() -> None:
 
 
 def test_diffusers_state_dict_is_rejected() -> None:
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(get_preset("vega", "tiny").unet)
+    unet = build_components(get_preset("vega", "tiny"), empty=True).unet
     with pytest.raises(UserError, match="diffusers-format state dict"):
         detect_preset(unet.state_dict().keys())
 

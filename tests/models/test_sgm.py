@@ -7,9 +7,6 @@ from functools import cache
 import pytest
 import safetensors.torch
 import torch
-from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ssdxl.errors import UserError
 from ssdxl.models.components import Components, build_components
@@ -28,22 +25,9 @@ def tiny(name: str) -> tuple[Preset, Components, dict[str, dict[str, torch.Tenso
     return preset, components, state_dicts, sgm_from_components(state_dicts)
 
 
-def text_config(config: dict) -> CLIPTextConfig:
-    return CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})
-
-
-@cache
 def full_meta(name: str) -> tuple[dict[str, torch.nn.Module], dict[str, torch.Tensor]]:
     """Full-size models on the meta device (no memory) and their SGM state dict of meta tensors."""
-    preset = get_preset(name)
-    with init_empty_weights():
-        models = {
-            "unet": UNet2DConditionModel.from_config(preset.unet),
-            "vae": AutoencoderKL.from_config(preset.vae),
-            "text_encoder_2": CLIPTextModelWithProjection(text_config(preset.text_encoder_2)),
-        }
-        if preset.text_encoder is not None:
-            models["text_encoder"] = CLIPTextModel(text_config(preset.text_encoder))
+    models = build_components(get_preset(name), empty=True).modules()
     return models, sgm_from_components({key: model.state_dict() for key, model in models.items()})
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ssdxl.distill.features import KD_LEVELS
+from ssdxl.distill.layout import read_mapping_file
 from ssdxl.distill.student import SELECTIONS
 from ssdxl.errors import UserError
 
@@ -98,19 +99,7 @@ class DistillConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> DistillConfig:
-        path = Path(path)
-        try:
-            text = path.read_text()
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:
-            raise UserError(f"cannot read config file {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"config file {path} must hold a mapping of settings")
+        data = read_mapping_file(Path(path), "config")
         return cls.from_dict(data)
 
     def save(self) -> None:

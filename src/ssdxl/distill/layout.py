@@ -239,15 +239,16 @@ def resolve_layout(spec: str, teacher: Layout) -> tuple[str, Layout]:
     path = Path(spec).expanduser()
     if not path.is_file():
         raise UserError(f"unknown layout {spec!r}: not one of {', '.join(layout_names())} nor a JSON/YAML file")
-    data = _read_layout_file(path)
+    data = read_mapping_file(path, "layout")
     if "down_keep" in data or "up_keep" in data:
         return path.stem, Rule.from_dict(path.stem, data).apply(teacher)
     return path.stem, Layout.from_dict(data)
 
 
-def _read_layout_file(path: Path) -> dict[str, Any]:
-    text = path.read_text()
+def read_mapping_file(path: Path, what: str) -> dict[str, Any]:
+    """A JSON or YAML file (by suffix) that must hold a mapping; ``what`` names it in errors."""
     try:
+        text = path.read_text()
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
@@ -255,7 +256,7 @@ def _read_layout_file(path: Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as exc:
-        raise UserError(f"cannot read layout file {path}: {exc}") from None
+        raise UserError(f"cannot read {what} file {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise UserError(f"layout file {path} must hold a mapping")
+        raise UserError(f"{what} file {path} must hold a mapping of settings")
     return data

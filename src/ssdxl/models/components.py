@@ -74,6 +74,25 @@ class Components:
             module.to(device=device, dtype=dtype)
         return self
 
+    def diffusers_pipeline(self):
+        """The stock diffusers SDXL pipeline around these very modules (nothing copied, nothing on disk):
+        the baseline benchmarks compare against, and what training previews are drawn with."""
+        from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer=self.tokenizer,
+            tokenizer_2=self.tokenizer_2,
+            unet=self.unet,
+            scheduler=EulerDiscreteScheduler.from_config(self.scheduler_config),
+            force_zeros_for_empty_prompt=bool(self.pipeline.get("force_zeros_for_empty_prompt", True)),
+            add_watermarker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     def to_preset(self) -> Preset:
         """The configs of these components, as a preset (what single files carry in their metadata)."""
 

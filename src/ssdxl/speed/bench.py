@@ -207,7 +207,7 @@ def _runners(components: Components, settings: Settings) -> dict[str, Callable[[
     def diffusers(dtype: torch.dtype):
         def setup(_result: PathResult):
             components.to("cpu", dtype)
-            return lambda s: _run_diffusers(_pipeline(components), s)
+            return lambda s: _run_diffusers(components.diffusers_pipeline(), s)
 
         return setup
 
@@ -236,25 +236,6 @@ def _runners(components: Components, settings: Settings) -> dict[str, Callable[[
         "ssdxl+deepcache": engine("torch", cache_interval=settings.cache_interval),
         "ssdxl-openvino+cfg-cutoff": engine("openvino", guidance_cutoff=settings.guidance_cutoff),
     }
-
-
-def _pipeline(components: Components):
-    """A stock diffusers pipeline around the very same module objects (nothing copied, nothing on disk)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-
-    pipe = StableDiffusionXLPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        text_encoder_2=components.text_encoder_2,
-        tokenizer=components.tokenizer,
-        tokenizer_2=components.tokenizer_2,
-        unet=components.unet,
-        scheduler=EulerDiscreteScheduler.from_config(components.scheduler_config),
-        force_zeros_for_empty_prompt=bool(components.pipeline.get("force_zeros_for_empty_prompt", True)),
-        add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _run_diffusers(pipe, s: Settings) -> Run:

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 from PIL import Image
 
 from ssdxl.models.components import Components
@@ -69,20 +68,6 @@ def _quiet_libraries() -> Iterator[None]:
         tlog.enable_progress_bar()
 
 
-def pipeline_from(parts: Components) -> StableDiffusionXLPipeline:
-    """The stock diffusers SDXL pipeline around ``parts``' modules (no copies)."""
-    return StableDiffusionXLPipeline(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
-        text_encoder_2=parts.text_encoder_2,
-        tokenizer=parts.tokenizer,
-        tokenizer_2=parts.tokenizer_2,
-        unet=parts.unet,
-        scheduler=EulerDiscreteScheduler.from_config(parts.scheduler_config),
-        force_zeros_for_empty_prompt=bool(parts.pipeline.get("force_zeros_for_empty_prompt", True)),
-    )
-
-
 def preview_prompts(data: str, source: IndexedSource, count: int = len(SHAPES_PREVIEW_PROMPTS)) -> list[str]:
     """Fixed prompts for the shapes world (two of them held-out combinations); the first captions otherwise."""
     if data == "shapes":
@@ -97,8 +82,7 @@ def preview_grid(parts: Components, prompts: list[str], path: Path, seed: int = 
     Runs in a forked RNG so that previews never change the training run's random stream.
     """
     defaults = parts.defaults
-    pipe = pipeline_from(parts)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = parts.diffusers_pipeline()
     with torch.random.fork_rng(devices=[]):
         images = pipe(
             prompt=prompts,
