@@ -1,6 +1,7 @@
 """Measure and write docs/performance.md: one command, every table, the machine and its load.
 
     python bench/make_performance_doc.py                    # measure (about 30-45 min on 2 cores), then write
+    SSDXL_OPTIMUM_PYTHON=/work/optimum-venv/bin/python python bench/make_performance_doc.py   # with optimum-intel
     python bench/make_performance_doc.py --render           # rewrite the doc from bench/results/*.json
     python bench/make_performance_doc.py --section unet_sdxl  # re-measure one section
 
@@ -23,6 +24,7 @@ DOC = ROOT / "docs" / "performance.md"
 E2E = {"preset": "vega", "width": 512, "height": 512, "steps": 3, "repeats": 2}
 E2E_PATHS = [
     "diffusers-fp32",
+    "optimum-intel",  # needs SSDXL_OPTIMUM_PYTHON (its own environment: bench/optimum-constraints.txt)
     "diffusers-bf16",
     "ssdxl",
     "ssdxl-openvino",
@@ -46,7 +48,7 @@ def section_e2e() -> dict:
 def section_unet_sdxl() -> list:
     from ssdxl.speed.bench_unet import time_unet
 
-    return time_unet("sdxl-base", (512,), ("torch-bf16-tuned",), repeats=1)
+    return time_unet("sdxl-base", (512, 1024), ("torch-bf16-tuned",), repeats=2)
 
 
 def section_unet_family() -> list:
@@ -110,13 +112,13 @@ def render(results: dict) -> str:
         "## The machine",
         "",
         f"- CPU: {d['cpu']}, {d['cores']} cores, {d['memory_gib']} GiB; speed flags: "
-        f"{' '.join(d['speed_flags']) or 'none'} (no AMX on this one: bf16 runs on AVX512-BF16).",
+        f"{' '.join(d['speed_flags']) or 'none'}{_bf16_unit(d['speed_flags'])}.",
         "- Software: " + ", ".join(f"{k} {v}" for k, v in d["packages"].items() if v) + ".",
         f"- Matmul (2048², median): bf16 {m['bf16_wall'] / 1e12:.3f} TFLOP/s and fp32 {m['fp32_wall'] / 1e12:.3f} "
         f"TFLOP/s wall-clock with all threads; per CPU-second of one thread bf16 {m['bf16_cpu'] / 1e12:.3f} "
         f"and fp32 {m['fp32_cpu'] / 1e12:.3f} TFLOP.",
         f"- Load average when measured: {_load(d['load_average'])} (1/5/15 min) on {d['cores']} cores. The machine "
-        "is shared (a training run and other test suites were running), so wall-clock times carry that load; "
+        "may be shared with other work, so wall-clock times carry whatever load there was; "
         "CPU seconds (process CPU time) are what the work itself cost and barely move with the load. "
         "Compare paths by their ratios within one table, not with numbers from another run.",
         "",
@@ -186,21 +188,54 @@ def _targets(results: dict) -> list[str]:
         "",
         f"- SDXL UNet step, 512², guided, bfloat16, eager PyTorch on one thread: {sdxl['cpu']['median']:.2f} "
         f"CPU-seconds against a floor of {floor_cpu:.2f} ({sdxl['cpu']['median'] / floor_cpu:.2f}x; target 1.25x). "
-        f"With both threads on this shared machine (load {two['load'][0]:.1f}) the same step took "
-        f"{two['wall']['median']:.1f} s wall and {two['cpu']['median']:.1f} CPU-seconds: OpenMP threads spin "
-        "while they wait for a core that another process holds. On an idle 2-core machine the wall time "
-        "would be about half the one-thread CPU time.",
-        "- SDXL at 1024²: not measured in this run (one eager call took minutes with the machine at load 8; "
-        "the reference sheet's 36.9 s is from an AMX machine).",
+        f"With {_threads(results)} torch thread(s) (load {two['load'][0]:.1f}) the same step took "
+        f"{two['wall']['median']:.1f} s wall and {two['cpu']['median']:.1f} CPU-seconds; when another process "
+        "holds a core, OpenMP threads spin while they wait for it.",
+        _at_1024(results),
         f"- End to end, same model and steps: the fastest correct path (`{fastest}`) is "
         f"{total['diffusers-fp32'] / total[fastest]:.1f}x faster than diffusers' CPU default (float32; target 4x) "
         f"and {total['diffusers-bf16'] / total[fastest]:.1f}x faster than diffusers in bfloat16.",
-        "- Against optimum-intel: not installable beside this stack (see below); `ssdxl-openvino` is its recipe "
-        "and the fastest path here, so the 1.3x-over-OpenVINO target is not reached with unchanged output. "
-        "The output-changing options against it: "
-        + ", ".join(f"`{n}` {total['ssdxl-openvino'] / total[n]:.2f}x" for n in total if "+" in n)
-        + " (DeepCache runs on the PyTorch UNet, whose full steps cost more than OpenVINO's).",
+        _against_optimum(results["e2e"], total, fastest),
     ]
+
+
+def _bf16_unit(flags: list[str]) -> str:
+    if any("amx" in f for f in flags):
+        return " (bf16 matmuls run on AMX)"
+    return " (no AMX on this one: bf16 runs on AVX512-BF16)" if "avx512_bf16" in flags else " (no native bf16)"
+
+
+def _threads(results: dict) -> int:
+    return results["machine"]["describe"]["torch_threads"]
+
+
+def _at_1024(results: dict) -> str:
+    entry = next((e for e in results["unet_sdxl"] if e["size"] == 1024), None)
+    if entry is None:
+        return "- SDXL at 1024²: not measured in this run."
+    r = entry["torch-bf16-tuned"]
+    floor = entry["flops"] / results["machine"]["bf16_wall"]
+    return (
+        f"- SDXL UNet step, 1024², guided, bfloat16, {_threads(results)} torch thread(s): {r['wall']['median']:.1f} s "
+        f"wall against a floor of {floor:.1f} s ({r['wall']['median'] / floor:.2f}x; target 1.5x) and "
+        f"{r['cpu']['median']:.1f} CPU-seconds against the one-thread floor of "
+        f"{entry['flops'] / results['machine']['bf16_cpu']:.1f} "
+        f"({r['cpu']['median'] * results['machine']['bf16_cpu'] / entry['flops']:.2f}x); "
+        f"{entry['flops'] / 1e12:.1f} TFLOP per step, load {r['load'][0]:.1f}."
+    )
+
+
+def _against_optimum(e2e: dict, total: dict, fastest: str) -> str:
+    optimum = next((p for p in e2e["paths"] if p["name"] == "optimum-intel"), None)
+    if optimum is None or "optimum-intel" not in total:
+        reason = optimum["reason"] if optimum else "not in this run"
+        return f"- Against optimum-intel: not measured ({reason})."
+    changing = ", ".join(f"`{n}` {total['optimum-intel'] / total[n]:.2f}x" for n in total if "+" in n)
+    return (
+        f"- Against optimum-intel (same weights, noise, size and steps, its default export and precision): "
+        f"`{fastest}` is {total['optimum-intel'] / total[fastest]:.2f}x as fast (target 1.3x); the options that "
+        f"change the output: {changing}."
+    )
 
 
 _KEPT = """## What is kept, what is not, and why
@@ -214,11 +249,14 @@ Kept (on by default in `ssdxl generate`; `--no-optimize` and `--backend torch` t
   (oneDNN convolutions work in NHWC; NCHW costs a reorder around every convolution). A one-thread
   CPU-time experiment on Segmind-Vega at 512² gave 3.95 s (NCHW, SDPA) against 3.67 s (channels-last).
 - **OpenVINO** (`--backend openvino`, or automatically once `ssdxl export openvino MODEL` has run and the
-  `openvino` extra is installed): the fastest path measured here (`ssdxl-openvino`). Per CPU-second it is
+  `openvino` extra is installed): ssdxl's fastest correct path (`ssdxl-openvino`). Per CPU-second it is
   only ~15% ahead of eager PyTorch (3.18 against 3.67 s for a Vega step at 512², one thread), but its
   thread pool copes far better with a busy machine than OpenMP's barriers, and its decoder is faster.
   Its images are a little further from float32 than eager bfloat16's (see PSNR): it computes more of
   the network in bfloat16.
+  It runs on as many threads as torch (`INFERENCE_NUM_THREADS`): left to itself OpenVINO takes every
+  core, and in a run beside a one-core job its UNet step was 14% slower than optimum-intel's, which
+  was given one thread (3.37 against 2.95 s, Segmind-Vega at 512²).
 - **Prompt encoding once per request, classifier-free guidance batched** (uncond and cond in one UNet call):
   already in the engine. The time embedding is recomputed per step on purpose: a few small linear
   layers on a [2, 320] input, far below the timing noise.
@@ -249,13 +287,25 @@ Measured and rejected:
   experiment), inside this machine's noise. Not adopted: it materialises the whole attention matrix
   (about 0.7 GB per layer for SDXL at 1024², where SDPA's flash kernel does not), and 1024² could not be
   measured here. Worth re-measuring on an idle machine.
+- **Tracing the OpenVINO IR in float32** (as optimum-intel's export does) instead of the model's bfloat16:
+  the same step time once compiled with the bf16 hint (3.31 against 3.33 s, Segmind-Vega UNet at 512²,
+  one thread, 4 calls each), so that is not where optimum-intel's faster UNet step comes from. Its
+  export (optimum's model patching and OpenVINO transformations) is the lead left to follow.
 - **torch.compile** (inductor, freezing, bf16, channels-last): on Segmind-Vega at 512² a single
   experiment here (machine at load ~5) took 191 s to compile one shape for a 10-30% faster step, less
   than OpenVINO gives after seconds of compilation; not worth a default.
 - **IPEX**: Intel's extension has no build for torch 2.13.
-- **optimum-intel**: 2.2.0 requires transformers < 5.6 and torchvision (no CPU build here), so it
-  cannot share this project's environment (transformers 5.23). `ssdxl-openvino` is its recipe done
-  directly (`ov.convert_model`, static reshape, bf16 inference hint) and is the OpenVINO baseline.
+
+How the optimum-intel baseline runs: optimum-intel 2.2.0 requires transformers < 5.6 and
+huggingface-hub < 1.22, so it cannot share ssdxl's environment (transformers 5.23, diffusers 0.42).
+It gets its own (`bench/optimum-constraints.txt` holds the pins and the three commands that build it;
+torchvision is removed after the install because the index's build needs CUDA torch, and SDXL never
+uses it). `ssdxl bench --paths optimum-intel --optimum-python ENV/bin/python` saves the benchmark's
+weights as a diffusers folder and runs `ssdxl/speed/optimum_intel_run.py` in that interpreter:
+`OVStableDiffusionXLPipeline.from_pretrained(folder, export=True)`, `reshape` to the static size,
+`compile`, then the same prompt, seed (the same initial latents), steps and guidance, with a warm-up
+and the same per-stage timings. Its defaults are kept: OpenVINO picks bf16 on this CPU, and the export
+compresses UNets of 1 B parameters or more (SDXL, SSD-1B, not Vega) to INT8 weights.
 """
 
 

@@ -104,3 +104,15 @@ def test_named_layouts_apply_to_the_first_teacher_so_stages_nest() -> None:
     plan = make_plan(ssd, vega)  # stage 2 of SDXL -> SSD-1B -> Vega: Vega is a part of SSD-1B
     assert plan.student == vega
     assert [u.layers for u in plan.side("up") if u.block == "up_blocks.0"] == [(0, 3), (0, 3), (0, 9)]
+
+
+def test_relative_rules_remove_the_published_shares_from_an_sdxl_proportioned_teacher() -> None:
+    preset, _ = architecture("sdxl-proportioned")  # depths 0 / 1 / 11, like SDXL's 0 / 2 / 10
+    teacher = Layout.of(preset.unet)
+    _, ssd = resolve_layout("ssd-1b", teacher)
+    _, vega = resolve_layout("vega", teacher)
+    assert ssd.down == ((0,), (1,), (4,)) and ssd.up == ((4, 11), (1, 1), (0, 0)) and ssd.mid == "resnet"
+    assert vega.down == ((0,), (1,), (2,)) and vega.up == ((2, 2), (1, 1), (0, 0))
+    params = unet_stats(preset.unet)[0]
+    assert unet_stats(ssd.unet_config(preset.unet))[0] / params == pytest.approx(0.529, abs=0.001)  # SSD-1B: 0.519
+    assert unet_stats(vega.unet_config(preset.unet))[0] / params == pytest.approx(0.294, abs=0.001)  # Vega: 0.290

@@ -1,6 +1,8 @@
 """The shipped default model: loads offline with no --model, draws non-degenerate pictures, obeys prompts."""
 
 import numpy as np
+import pytest
+import torch
 
 from ssdxl.data.shapes import ShapesWorld
 from ssdxl.evaluation.adherence import evaluate
@@ -29,3 +31,28 @@ def test_builtin_model_obeys_background_and_colour_on_training_prompts():
     report = evaluate(generate, scenes)
     assert report.accuracy["background"] >= 0.8
     assert report.accuracy["colour"] >= 0.8
+
+
+def test_the_distilled_student_ships_beside_its_teacher():
+    """`shapes-ssd1b`: the SSD-1B-like student of `shapes` (scripts/distill_proof.py --ship). It stores
+    only its UNet and scheduler; the text encoders and VAE, frozen during distillation, are the teacher's."""
+    assert "shapes-ssd1b" in builtin.names()
+    folder = builtin.resolve("shapes-ssd1b")
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["scheduler", "unet"]
+    student, teacher = Engine.load("shapes-ssd1b", device="cpu"), Engine.load(device="cpu")
+    s, t = student.base.components, teacher.base.components
+    assert s.text_encoder_2 is not t.text_encoder_2
+    assert torch.equal(s.text_encoder_2.text_projection.weight, t.text_encoder_2.text_projection.weight)
+    assert torch.equal(s.vae.decoder.conv_out.weight, t.vae.decoder.conv_out.weight)
+    params = {name: sum(p.numel() for p in c.unet.parameters()) for name, c in (("s", s), ("t", t))}
+    # the SSD-1B rule on a teacher with one-layer stacks: mid and deepest down attention removed
+    assert params["s"] / params["t"] == pytest.approx(0.847, abs=0.001)
+    assert s.unet.config.mid_block_type == "UNetMidBlock2D"  # mid attention removed, as in SSD-1B
+
+    scenes = [ShapesWorld(seed=5, two_object_fraction=0.0).scene(i) for i in range(6)]
+
+    def generate(prompt, width, height, seed):
+        return student.generate(GenerationRequest(prompt, width=width, height=height, seed=seed)).images[0].image
+
+    report = evaluate(generate, scenes)
+    assert report.accuracy["background"] >= 0.8 and report.accuracy["colour"] >= 0.8

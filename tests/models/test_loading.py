@@ -116,3 +116,30 @@ def test_folders_without_tokenizers_use_the_sdxl_clip_tokenizers(tiny_dir, tmp_p
     components = load_components(folder)
     assert components.tokenizer("a cat").input_ids == [49406, 320, 2368, 49407]
     assert components.tokenizer_2.pad_token == "!"
+
+
+def test_a_built_in_model_can_borrow_components_from_another(tiny_dir, tmp_path, monkeypatch):
+    """How the distilled built-in student ships: its own UNet, the teacher's text encoders and VAE."""
+    import json
+    import shutil
+
+    from ssdxl.models import builtin
+
+    monkeypatch.setattr(builtin, "_root", lambda: tmp_path)
+    shutil.copytree(tiny_dir("sdxl-base"), tmp_path / "teacher")
+    student = shutil.copytree(tiny_dir("vega"), tmp_path / "student")  # same text encoders and VAE shapes
+    for part in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+        shutil.rmtree(student / part)
+    (student / "ssdxl.json").write_text(json.dumps({"name": "student", "components_from": "teacher"}))
+
+    borrowed, teacher, own = load_components("student"), load_components("teacher"), load_components(tiny_dir("vega"))
+    assert torch.equal(borrowed.vae.decoder.conv_out.weight, teacher.vae.decoder.conv_out.weight)
+    assert torch.equal(borrowed.text_encoder_2.text_projection.weight, teacher.text_encoder_2.text_projection.weight)
+    assert torch.equal(borrowed.unet.conv_in.weight, own.unet.conv_in.weight)
+
+    (student / "ssdxl.json").write_text(json.dumps({"components_from": "student"}))
+    with pytest.raises(UserError, match="not another built-in model"):
+        load_components("student")
+    (student / "ssdxl.json").write_text(json.dumps({"components_from": "../elsewhere"}))
+    with pytest.raises(UserError, match="not another built-in model"):
+        load_components("student")

@@ -2,6 +2,7 @@
 Python API and from ``ssdxl bench``; FLOPs counted on the meta device match those of a real call."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -68,3 +69,24 @@ def test_machine_description():
     info = machine.describe()
     assert info["cores"] >= 1 and len(info["load_average"]) == 3 and "torch" in info["packages"]
     assert machine.matmul_rate(torch.float32, size=128, repeats=1) > 0
+
+
+def test_optimum_intel_needs_its_own_environment(monkeypatch):
+    monkeypatch.delenv("SSDXL_OPTIMUM_PYTHON", raising=False)
+    components = build_components(get_preset("vega", "tiny"), seed=0)
+    result = run_benchmark(components, Settings(width=64, height=64, steps=1, repeats=1), ["optimum-intel"], log=print)
+    (path,) = result["paths"]
+    assert not path["available"] and "optimum-constraints.txt" in path["reason"] and not path["runs"]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SSDXL_OPTIMUM_PYTHON"), reason="set SSDXL_OPTIMUM_PYTHON to an optimum-intel environment"
+)
+def test_optimum_intel_runs_the_same_weights_and_latents():
+    components = build_components(get_preset("vega", "tiny"), seed=0)
+    settings = Settings(width=64, height=64, steps=3, repeats=1, guidance=5.0)
+    result = run_benchmark(components, settings, ["diffusers-fp32", "optimum-intel"], log=lambda _: None)
+    reference, optimum = result["paths"]
+    assert optimum["available"], optimum["reason"]
+    assert len(optimum["runs"]) == 1 and len(optimum["runs"][0]["steps"]) == 3
+    assert optimum["psnr_vs_fp32_db"] > 25  # same weights and noise; OpenVINO computes in bf16 here

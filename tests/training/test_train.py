@@ -203,3 +203,59 @@ def test_copying_a_run_keeps_it_resumable(finished_run: Path, tmp_path: Path) ->
     shutil.copytree(finished_run, run)
     cfg = TrainConfig.load(run)
     assert cfg.out == str(run) and cfg.arch == "tiny"
+
+
+def test_vae_from_an_earlier_run_skips_stage_one(finished_run: Path, tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), vae=str(finished_run / "vae"), **{**TINY, "steps": 2}))
+    stages = {json.loads(line)["stage"] for line in (run / "log.jsonl").read_text().splitlines()}
+    assert stages == {"denoiser"}  # no autoencoder step was taken
+    adopted, earlier = (
+        AutoencoderKL.from_pretrained(run / "model" / "vae"),
+        AutoencoderKL.from_pretrained(finished_run / "vae"),
+    )
+    assert adopted.config.scaling_factor == earlier.config.scaling_factor
+    assert all(torch.equal(a.half(), b.half()) for a, b in zip(adopted.parameters(), earlier.parameters(), strict=True))
+    assert json.loads((run / "vae" / "metrics.json").read_text()) == json.loads(
+        (finished_run / "vae" / "metrics.json").read_text()
+    )
+
+
+def test_vae_must_fit_the_architecture(finished_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not a diffusers autoencoder folder"):
+        train(TrainConfig(out=str(tmp_path / "a"), vae=str(tmp_path), **TINY))
+    wrong = tmp_path / "wrong"
+    shutil.copytree(finished_run / "vae", wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    (wrong / "config.json").write_text(json.dumps({**config, "latent_channels": 8}))
+    with pytest.raises(UserError, match="latent_channels is 8"):
+        train(TrainConfig(out=str(tmp_path / "b"), vae=str(wrong), **TINY))
+
+
+def test_zero_init_starts_every_residual_block_as_the_identity() -> None:
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    from ssdxl.training.config import architecture
+    from ssdxl.training.denoiser import zero_init_residual_branches
+
+    preset, _ = architecture("tiny")
+    unet = UNet2DConditionModel(**preset.unet)
+    zero_init_residual_branches(unet)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for module in unet.modules():
+        plain_resnet = isinstance(module, ResnetBlock2D) and module.conv_shortcut is None
+        if plain_resnet or isinstance(module, Transformer2DModel):
+            module.register_forward_hook(
+                lambda _m, args, out: seen.append((args[0], out[0] if isinstance(out, tuple) else out))
+            )
+    config = unet.config
+    pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    conditions = {"text_embeds": torch.randn(1, pooled), "time_ids": torch.randn(1, 6)}
+    with torch.no_grad():
+        unet(torch.randn(1, 4, 8, 8), 10, torch.randn(1, 77, config.cross_attention_dim), added_cond_kwargs=conditions)
+    assert len(seen) >= 6
+    assert all(torch.allclose(inp, out) for inp, out in seen)

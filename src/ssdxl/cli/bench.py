@@ -31,6 +31,14 @@ def bench(
     ] = None,
     cache_interval: Annotated[int, typer.Option("--cache-interval", help="DeepCache interval of its path.")] = 3,
     guidance_cutoff: Annotated[float, typer.Option("--guidance-cutoff", help="Of the cfg-cutoff path.")] = 0.5,
+    optimum_python: Annotated[
+        str | None,
+        typer.Option(
+            "--optimum-python",
+            envvar="SSDXL_OPTIMUM_PYTHON",
+            help="Python of an environment with optimum-intel, for the optimum-intel path.",
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result here.")] = None,
     markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write the table here.")] = None,
 ) -> None:
@@ -52,6 +60,7 @@ def bench(
         repeats=repeats,
         cache_interval=cache_interval,
         guidance_cutoff=guidance_cutoff,
+        optimum_python=optimum_python,
     )
     result = run_benchmark(components, settings, chosen, log=lambda line: typer.echo(line, err=True))
     table = markdown(result)

@@ -26,6 +26,12 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Seed of weights, data order and noise (default 0).")] = None,
     name: Annotated[str | None, typer.Option(help="Model name written into the folder (default ssdxl-shapes).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default 2); 1 is faster on a busy machine.")] = None,
+    vae: Annotated[str | None, typer.Option(help="Start from this trained autoencoder (a diffusers AutoencoderKL "
+                                            "folder, e.g. an earlier run's RUN/vae) and skip stage 1.")] = None,
+    two_object_fraction: Annotated[float | None, typer.Option(help="Shapes world: share of two-object scenes "
+                                                              "(default 0.4).")] = None,
+    zero_init: Annotated[bool | None, typer.Option("--zero-init/--no-zero-init", help="Start every residual branch "
+                         "of the UNet at zero, as latent diffusion does (default off; helps deep stacks).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out with its saved settings; "
                                          "--steps/--vae-steps/--checkpoint-every/--threads may change.")] = False,
 ) -> None:  # fmt: skip
@@ -35,7 +41,8 @@ def train(
 
     given = {
         "vae_steps": vae_steps, "steps": steps, "batch_size": batch_size, "lr": lr,
-        "checkpoint_every": checkpoint_every, "seed": seed, "name": name, "threads": threads,
+        "checkpoint_every": checkpoint_every, "seed": seed, "name": name, "threads": threads, "vae": vae,
+        "two_object_fraction": two_object_fraction, "zero_init": zero_init,
     }  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     if resume:

@@ -61,7 +61,7 @@ class DistillConfig:
     weight_decay: float = 0.01
     ema_decay: float = 0.999  # 0 turns EMA off (the live weights are exported)
     caption_dropout: float = 0.1
-    two_object_fraction: float = 0.4  # shapes world only
+    two_object_fraction: float = 0.4  # shapes world only; the built-in model's training mix
     mixed_precision: str = "auto"  # auto: fp16 on CUDA, bf16 on CPUs with fast bf16, else no
     gradient_checkpointing: bool = False
 

@@ -81,29 +81,34 @@ def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool = False)
     index = _read_json(index_file)
     info = _read_json(folder / SSDXL_INFO) if (folder / SSDXL_INFO).is_file() else {}
 
-    def present(name: str) -> bool:
+    lender = _lender(folder, info)
+
+    def where(name: str) -> Path | None:
+        """The component's folder: this model's own, else the one of the built-in model it shares with."""
         entry = index.get(name)
-        return bool(entry) and entry[0] is not None and (folder / name).is_dir()
+        if not entry or entry[0] is None:
+            return None
+        for root in (folder, lender):
+            if root is not None and (root / name).is_dir():
+                return root / name
+        return None
 
     for name in ("unet", "vae", "text_encoder_2", "scheduler"):
-        if not present(name):
+        if where(name) is None:
             raise UserError(f"{folder} has no {name}/ component; is it an SDXL-family pipeline?")
     try:
-        unet = _from_pretrained(UNet2DConditionModel, folder / "unet", dtype, allow_pickle)
-        vae = _from_pretrained(AutoencoderKL, folder / "vae", dtype, allow_pickle)
-        te1 = (
-            _from_pretrained(CLIPTextModel, folder / "text_encoder", dtype, allow_pickle)
-            if present("text_encoder")
-            else None
-        )
-        te2 = _from_pretrained(CLIPTextModelWithProjection, folder / "text_encoder_2", dtype, allow_pickle)
+        unet = _from_pretrained(UNet2DConditionModel, where("unet"), dtype, allow_pickle)
+        vae = _from_pretrained(AutoencoderKL, where("vae"), dtype, allow_pickle)
+        te1_folder = where("text_encoder")
+        te1 = _from_pretrained(CLIPTextModel, te1_folder, dtype, allow_pickle) if te1_folder else None
+        te2 = _from_pretrained(CLIPTextModelWithProjection, where("text_encoder_2"), dtype, allow_pickle)
         tok1 = _tokenizer(folder, "tokenizer") if te1 is not None else None
         tok2 = _tokenizer(folder, "tokenizer_2")
     except UserError:
         raise
     except Exception as exc:
         raise UserError(f"could not load {folder}: {_first_line(exc)}") from None
-    scheduler_config = _read_json(_one_of(folder / "scheduler", ["scheduler_config.json"]))
+    scheduler_config = _read_json(_one_of(where("scheduler"), ["scheduler_config.json"]))
     pipeline = info.get("pipeline") or {
         "force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", True),
         "requires_aesthetics_score": index.get("requires_aesthetics_score", te1 is None),
@@ -122,6 +127,18 @@ def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool = False)
     )
     components.defaults = {**fallback_defaults(components), **components.defaults}
     return components
+
+
+def _lender(folder: Path, info: dict[str, Any]) -> Path | None:
+    """The built-in model whose component folders fill in this one's missing ones (``ssdxl.json``'s
+    ``components_from``): a distilled built-in student ships only its UNet and shares the rest."""
+    name = info.get("components_from")
+    if name is None:
+        return None
+    lender = builtin.resolve(str(name))
+    if lender is None or lender.resolve() == folder.resolve():
+        raise UserError(f"{folder}: components_from names {name!r}, which is not another built-in model")
+    return lender
 
 
 def _tokenizer(folder: Path, slot: str) -> CLIPTokenizer:

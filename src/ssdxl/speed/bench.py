@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,6 +38,8 @@ from ssdxl.speed.timing import Mark, PeakMemory, summary
 
 PATHS: dict[str, str] = {
     "diffusers-fp32": "diffusers StableDiffusionXLPipeline, float32 (its CPU default)",
+    "optimum-intel": "optimum-intel OVStableDiffusionXLPipeline: its export, static reshape and default precision "
+    "(own environment: bench/optimum-constraints.txt)",
     "diffusers-bf16": "diffusers StableDiffusionXLPipeline after pipe.to(torch.bfloat16)",
     "ssdxl": "ssdxl engine, eager PyTorch fast path (bfloat16 where the CPU has it, channels-last)",
     "ssdxl-openvino": "ssdxl engine, OpenVINO backend: static shapes, bf16 hint (optimum-intel's recipe)",
@@ -59,6 +63,7 @@ class Settings:
     prompt: str = "a lighthouse on a cliff at dusk, oil painting"
     cache_interval: int = 3
     guidance_cutoff: float = 0.5
+    optimum_python: str | None = None  # interpreter of an environment with optimum-intel (its own stack)
 
 
 @dataclass
@@ -130,6 +135,12 @@ def run_benchmark(
         except _Unavailable as exc:
             result.available, result.reason = False, str(exc)
             log(f"  unavailable: {exc}")
+            results.append(result)
+            continue
+        if isinstance(run_once, list):  # measured in its own process, warm-up and memory included
+            result.runs = run_once
+            for i, run in enumerate(run_once):
+                log(f"  run {i + 1}: {run.total:.2f} s (setup {result.setup_s:.0f} s)")
             results.append(result)
             continue
         with PeakMemory() as memory:
@@ -227,8 +238,19 @@ def _runners(components: Components, settings: Settings) -> dict[str, Callable[[
 
         return setup
 
+    def optimum(result: PathResult) -> list[Run]:
+        python = settings.optimum_python or os.environ.get("SSDXL_OPTIMUM_PYTHON")
+        if not python or not Path(python).is_file():
+            raise _Unavailable(
+                "needs a Python environment with optimum-intel (see bench/optimum-constraints.txt); "
+                "pass --optimum-python or set SSDXL_OPTIMUM_PYTHON"
+            )
+        components.to("cpu", torch.float32)  # what the export reads: the weights every path starts from
+        return _run_optimum(python, components, settings, result)
+
     return {
         "diffusers-fp32": diffusers(torch.float32),
+        "optimum-intel": optimum,
         "diffusers-bf16": diffusers(torch.bfloat16),
         "ssdxl": engine("torch"),
         "ssdxl-openvino": engine("openvino"),
@@ -313,6 +335,32 @@ def _run_engine(engine, s: Settings, **request: Any) -> Run:
         cpu_total=end.since(start).cpu,
         image=result.images[0].image,
     )
+
+
+def _run_optimum(python: str, components: Components, s: Settings, result: PathResult) -> list[Run]:
+    """optimum-intel in its own interpreter (it needs an older transformers than ssdxl): the same
+    weights saved as a diffusers folder, the same prompt, seed, size, steps and guidance; its own
+    warm-up, timed runs and peak memory."""
+    script = Path(__file__).with_name("optimum_intel_run.py")
+    with tempfile.TemporaryDirectory(prefix="ssdxl-bench-optimum-") as tmp:
+        folder, out, image = Path(tmp) / "model", Path(tmp) / "result.json", Path(tmp) / "image.png"
+        components.save(folder)
+        command = [python, str(script), "--model", str(folder), "--out", str(out), "--image", str(image)]
+        command += ["--width", str(s.width), "--height", str(s.height), "--steps", str(s.steps)]
+        command += ["--guidance", str(s.guidance), "--seed", str(s.seed), "--prompt", s.prompt]
+        command += ["--repeats", str(s.repeats), "--threads", str(torch.get_num_threads())]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+            raise _Unavailable(f"optimum-intel run failed: {lines[-1]}")
+        data = json.loads(out.read_text())
+        picture = Image.open(image).convert("RGB")
+    result.setup_s = data["setup_s"]
+    result.peak_rss = data["peak_rss_bytes"]
+    result.working_set = data.get("inference_peak_rss_bytes") or 0
+    result.description += f"; optimum-intel {data['versions'].get('optimum-intel')}"
+    return [Run(image=picture, **{k: run[k] for k in ("text", "steps", "cpu_steps", "decode", "total", "cpu_total")})
+            for run in data["runs"]]  # fmt: skip
 
 
 def _intervals(marks: list[Mark]) -> list[Mark]:

@@ -178,7 +178,13 @@ class _Compiled:
         ov = _openvino()
         self._core = ov.Core()
         self._model = self._core.read_model(model) if isinstance(model, Path) else model
-        self._config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        # As many threads as torch is told to use: left alone, OpenVINO takes every core, and on a busy
+        # machine its threads wait for the cores that another process holds.
+        self._config = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        }
         self._compiled: dict[tuple, Any] = {}
 
     def __call__(self, *inputs: np.ndarray) -> np.ndarray:

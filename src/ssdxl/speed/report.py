@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-BASELINES = ("diffusers-fp32", "diffusers-bf16", "ssdxl-openvino")
+BASELINES = ("diffusers-fp32", "diffusers-bf16", "optimum-intel", "ssdxl-openvino")
 GIB = 2**30
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from ssdxl.errors import UserError
 from ssdxl.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from ssdxl.training.config import TrainConfig
 from ssdxl.training.data import Batch, BucketBatches, IndexedSource, fixed_batches, open_source
@@ -96,6 +97,27 @@ def save_vae(vae: AutoencoderKL, folder: Path, metrics: dict[str, float]) -> Non
     vae.save_pretrained(folder, safe_serialization=True)
     clean = {k: round(v, 4) if math.isfinite(v) else None for k, v in metrics.items()}
     (folder / "metrics.json").write_text(json.dumps(clean, indent=2) + "\n")
+
+
+def adopt_vae(source: Path, folder: Path, like: AutoencoderKL) -> AutoencoderKL:
+    """Stage 1 done by an earlier run: load the autoencoder at ``source`` and save it as this run's.
+
+    It must encode to the latent shape the architecture's UNet expects (``like``'s channels and
+    downsampling factor).
+    """
+    config = AutoencoderKL.load_config(source)
+    for key in ("latent_channels", "in_channels"):
+        if config.get(key) != like.config[key]:
+            raise UserError(f"--vae: {key} is {config.get(key)}, the architecture needs {like.config[key]}")
+    if len(config.get("block_out_channels", ())) != len(like.config.block_out_channels):
+        raise UserError("--vae downsamples by a different factor than the architecture's autoencoder")
+    try:
+        vae = AutoencoderKL.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--vae {source}: {str(exc).splitlines()[0]}") from None
+    metrics = source / "metrics.json"
+    save_vae(vae, folder, json.loads(metrics.read_text()) if metrics.is_file() else {})
+    return vae
 
 
 def _eval_source(cfg: TrainConfig) -> IndexedSource:

@@ -35,6 +35,7 @@ class TrainConfig:
     # Stage 1, autoencoder: reconstruction of whole images. Not crops: GroupNorm statistics of a
     # 32 px crop differ from a whole 64 px image's, and a crop-trained VAE measured 29.6 dB on
     # crops but 22.7 dB on whole images (shifted background colours).
+    vae: str | None = None  # a trained AutoencoderKL folder to start from instead (skips stage 1)
     vae_steps: int = 2500
     vae_batch_size: int = 16
     vae_lr: float = 1e-3
@@ -49,6 +50,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     snr_gamma: float = 5.0
+    zero_init: bool = False  # residual branches start at zero (latent diffusion's init); helps deep stacks
 
     checkpoint_every: int = 500
     log_every: int = 50
@@ -79,6 +81,10 @@ class TrainConfig:
         for name in ("vae_steps", "steps", "batch_size", "vae_batch_size", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1")
+        if not 0.0 <= self.two_object_fraction <= 1.0:
+            raise UserError("two-object fraction must be in [0, 1]")
+        if self.vae is not None and not (Path(self.vae) / "config.json").is_file():
+            raise UserError(f"--vae {self.vae!r} is not a diffusers autoencoder folder (no config.json)")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise UserError("caption dropout must be in [0, 1)")
 

@@ -35,6 +35,24 @@ STAGE = "denoiser"
 TRAINED = ("unet", "text_encoder", "text_encoder_2")
 
 
+def zero_init_residual_branches(unet: UNet2DConditionModel) -> None:
+    """Start every residual branch of a fresh UNet at zero, as latent diffusion's own code does
+    (``zero_module`` on each resnet's last convolution and each transformer's ``proj_out``): each
+    block begins as the identity, so a deep stack of them trains like a shallow one at first.
+    diffusers leaves this out because it loads trained weights."""
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    with torch.no_grad():
+        for module in unet.modules():
+            last = module.conv2 if isinstance(module, ResnetBlock2D) else None
+            last = module.proj_out if isinstance(module, Transformer2DModel) else last
+            if last is not None:
+                last.weight.zero_()
+                if last.bias is not None:
+                    last.bias.zero_()
+
+
 def train_denoiser(cfg: TrainConfig, parts: Components, buckets: list[tuple[int, int]]) -> Components:
     """Train ``parts``' UNet and text towers for ``cfg.steps`` steps (resuming a checkpoint if there
     is one); returns the parts with the EMA weights, as exported to ``<run>/model``."""
@@ -60,7 +78,9 @@ def train_denoiser(cfg: TrainConfig, parts: Components, buckets: list[tuple[int,
     schedule = cosine_with_warmup(optimizer, warmup=min(cfg.warmup_steps, cfg.steps // 10), total=cfg.steps)
     trainable = [p for _, p in named]
 
-    # Resume.
+    # Resume, or start the residual branches at zero.
+    if cfg.zero_init:
+        zero_init_residual_branches(parts.unet)
     step = 0
     ckpt = checkpoint_path(run, STAGE)
     if ckpt.is_file():

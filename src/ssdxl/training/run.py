@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL
 
 from ssdxl.errors import UserError
 from ssdxl.models.components import build_components
-from ssdxl.training.autoencoder import train_autoencoder
+from ssdxl.training.autoencoder import adopt_vae, train_autoencoder
 from ssdxl.training.config import TrainConfig, architecture
 from ssdxl.training.data import open_source
 from ssdxl.training.denoiser import train_denoiser
@@ -42,6 +42,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         parts = build_components(preset, seed=cfg.seed, name=cfg.name)
         if (run / "vae" / "config.json").is_file():
             parts.vae = AutoencoderKL.from_pretrained(run / "vae")
+        elif cfg.vae is not None:
+            parts.vae = adopt_vae(Path(cfg.vae), run / "vae", parts.vae)
         else:
             parts.vae = train_autoencoder(cfg, parts.vae, buckets)
         final = train_denoiser(cfg, parts, buckets)
