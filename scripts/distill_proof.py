@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,15 +98,15 @@ def main() -> None:
     args.doc.write_text(render(args, rows, minutes))
     print(f"wrote {args.doc} ({minutes:.1f} min)")
     if args.ship:
-        print(f"installed built-in model {args.ship!r} at {ship(rows[1].folder, args.ship, args.teacher)}")
+        print(f"installed built-in model {args.ship!r} at {ship(rows[1].folder, args.ship, args.teacher_name)}")
 
 
-def attribute_mean(report: AdherenceReport) -> float:
+def mean(row: Row) -> float:
     """One adherence figure: the mean of the per-attribute accuracies (each attribute counts once)."""
-    return sum(report.accuracy[k] for k in MEAN_OF) / len(MEAN_OF)
+    return sum(row.adherence.accuracy[k] for k in MEAN_OF) / len(MEAN_OF)
 
 
-def targets(rows: list[Row], mean: Callable[[Row], float]) -> list[str]:
+def targets(rows: list[Row]) -> list[str]:
     """The issue's targets against this run's figures."""
     teacher, ssd, vega_layer, vega_block, vega_none = rows
 
@@ -149,8 +148,7 @@ def ship(student: Path, name: str, teacher: str) -> Path:
     encoders and VAE (frozen during distillation, so identical) come from the teacher's built-in folder."""
     from ssdxl.models import builtin
 
-    lender = Path(teacher).name
-    if builtin.resolve(lender) is None:
+    if builtin.resolve(teacher) is None:
         raise SystemExit(f"--ship needs a built-in teacher; {teacher} is not one")
     target = ROOT / "src" / "ssdxl" / "builtin" / name
     shutil.rmtree(target, ignore_errors=True)
@@ -159,7 +157,7 @@ def ship(student: Path, name: str, teacher: str) -> Path:
         shutil.copytree(student / part, target / part)
     shutil.copy(student / "model_index.json", target / "model_index.json")
     info = json.loads((student / "ssdxl.json").read_text())
-    (target / "ssdxl.json").write_text(json.dumps({**info, "name": name, "components_from": lender}, indent=2) + "\n")
+    (target / "ssdxl.json").write_text(json.dumps({**info, "name": name, "components_from": teacher}, indent=2) + "\n")
     return target
 
 
@@ -243,9 +241,6 @@ def render(args: argparse.Namespace, rows: list[Row], minutes: float) -> str:
         value = row.adherence.accuracy.get(key) if row.adherence else None
         return "-" if value is None else f"{value:.1%}"
 
-    def mean(row: Row) -> float:
-        return attribute_mean(row.adherence) if row.adherence else float("nan")
-
     lines = [
         "# Distillation on the built-in model: what it costs and what it keeps",
         "",
@@ -290,7 +285,7 @@ def render(args: argparse.Namespace, rows: list[Row], minutes: float) -> str:
         gap = "-" if r.gap is None else f"{r.gap:.4f}"
         time_cell = "-" if r is teacher else f"{r.train_minutes:.1f} min"
         lines.append(f"| {objective} | {cells} | {r.adherence.fid:.2f} | {gap} | {time_cell} |")
-    lines += ["", *targets(rows, mean)]
+    lines += ["", *targets(rows)]
     lines += [
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['device']}; evaluation dtype "

@@ -35,8 +35,8 @@ def bench(
         str | None,
         typer.Option(
             "--optimum-python",
-            envvar="SSDXL_OPTIMUM_PYTHON",
-            help="Python of an environment with optimum-intel, for the optimum-intel path.",
+            help="Python of an environment with optimum-intel, for the optimum-intel path "
+            "(default: $SSDXL_OPTIMUM_PYTHON).",
         ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result here.")] = None,

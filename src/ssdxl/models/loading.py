@@ -93,22 +93,22 @@ def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool = False)
                 return root / name
         return None
 
+    found = {name: where(name) for name in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")}
     for name in ("unet", "vae", "text_encoder_2", "scheduler"):
-        if where(name) is None:
+        if found[name] is None:
             raise UserError(f"{folder} has no {name}/ component; is it an SDXL-family pipeline?")
     try:
-        unet = _from_pretrained(UNet2DConditionModel, where("unet"), dtype, allow_pickle)
-        vae = _from_pretrained(AutoencoderKL, where("vae"), dtype, allow_pickle)
-        te1_folder = where("text_encoder")
-        te1 = _from_pretrained(CLIPTextModel, te1_folder, dtype, allow_pickle) if te1_folder else None
-        te2 = _from_pretrained(CLIPTextModelWithProjection, where("text_encoder_2"), dtype, allow_pickle)
+        unet = _from_pretrained(UNet2DConditionModel, found["unet"], dtype, allow_pickle)
+        vae = _from_pretrained(AutoencoderKL, found["vae"], dtype, allow_pickle)
+        te1 = found["text_encoder"] and _from_pretrained(CLIPTextModel, found["text_encoder"], dtype, allow_pickle)
+        te2 = _from_pretrained(CLIPTextModelWithProjection, found["text_encoder_2"], dtype, allow_pickle)
         tok1 = _tokenizer(folder, "tokenizer") if te1 is not None else None
         tok2 = _tokenizer(folder, "tokenizer_2")
     except UserError:
         raise
     except Exception as exc:
         raise UserError(f"could not load {folder}: {_first_line(exc)}") from None
-    scheduler_config = _read_json(_one_of(where("scheduler"), ["scheduler_config.json"]))
+    scheduler_config = _read_json(_one_of(found["scheduler"], ["scheduler_config.json"]))
     pipeline = info.get("pipeline") or {
         "force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", True),
         "requires_aesthetics_score": index.get("requires_aesthetics_score", te1 is None),

@@ -45,12 +45,15 @@ def zero_init_residual_branches(unet: UNet2DConditionModel) -> None:
 
     with torch.no_grad():
         for module in unet.modules():
-            last = module.conv2 if isinstance(module, ResnetBlock2D) else None
-            last = module.proj_out if isinstance(module, Transformer2DModel) else last
-            if last is not None:
-                last.weight.zero_()
-                if last.bias is not None:
-                    last.bias.zero_()
+            if isinstance(module, ResnetBlock2D):
+                last = module.conv2
+            elif isinstance(module, Transformer2DModel):
+                last = module.proj_out
+            else:
+                continue
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
 
 
 def train_denoiser(cfg: TrainConfig, parts: Components, buckets: list[tuple[int, int]]) -> Components:
