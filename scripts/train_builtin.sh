@@ -3,6 +3,7 @@
 #
 #   scripts/train_builtin.sh              # a fresh run into /work/runs/builtin
 #   RESUME=1 scripts/train_builtin.sh     # continue it after an interruption
+#   FINETUNE=1 scripts/train_builtin.sh   # then the three fine-tuning runs that fixed two-object scenes
 #
 # Then install the result as the package's default model:
 #   rm -rf src/ssdxl/builtin/shapes && cp -r "$RUN/model" src/ssdxl/builtin/shapes
@@ -28,6 +29,17 @@ set -euo pipefail
 RUN=${RUN:-/work/runs/builtin}
 export OMP_WAIT_POLICY=PASSIVE  # idle OpenMP threads sleep instead of spinning on a shared machine
 mkdir -p "$RUN"
+if [[ "${FINETUNE:-0}" == 1 ]]; then
+  # 2026-11-23, one thread each, 0.9-1.4 s/step (docs/builtin-model.md has the figures per run):
+  # more two-object scenes, then contrast captions (the relation reversed) at two weights.
+  # The shipped weights are $RUN-contrast4/model. (The shipped chain took its middle run as the
+  # step-500 checkpoint of a 1,500-step run, so its learning rate had not decayed yet.)
+  common=(--two-object-fraction 0.8 --lr 3e-4 --threads 1)
+  python -m ssdxl.cli.train --out "$RUN-pairs" --init "$RUN/model" --steps 1500 "${common[@]}"
+  python -m ssdxl.cli.train --out "$RUN-contrast1" --init "$RUN-pairs/model" --steps 500 --contrast-weight 1 "${common[@]}"
+  exec python -m ssdxl.cli.train --out "$RUN-contrast4" --init "$RUN-contrast1/model" --steps 1500 \
+    --contrast-weight 4 --checkpoint-every 250 "${common[@]}"
+fi
 if [[ "${RESUME:-0}" == 1 ]]; then
   exec python -m ssdxl.cli.train --out "$RUN" --resume
 fi

@@ -91,6 +91,17 @@ def test_caption_is_a_function_of_the_scene():
     assert len({caption(scene, t) for t in range(6)}) == 6
 
 
+def test_contrast_caption_reverses_only_the_relation():
+    scenes = _scenes(ShapesWorld(seed=3, two_object_fraction=0.5), 60)
+    opposite = {"left": "right", "right": "left", "above": "below", "below": "above"}
+    pairs = [s for s in scenes if s.relation is not None]
+    assert pairs and all(s.contrast is None for s in scenes if s.relation is None)
+    for scene in pairs:
+        true, contrast = scene.caption.split(), scene.contrast.split()
+        changed = [(a, b) for a, b in zip(true, contrast, strict=True) if a != b]
+        assert len(changed) == 1 and opposite[changed[0][0]] == changed[0][1]
+
+
 def test_heldout_combinations_never_appear_in_train():
     for scene in _scenes(ShapesWorld(seed=5, split="train", two_object_fraction=0.5), 4000):
         assert not scene.is_heldout

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from ssdxl.data.shapes import ShapesWorld
 from ssdxl.evaluation.adherence import evaluate
@@ -34,16 +33,14 @@ def test_builtin_model_obeys_background_and_colour_on_training_prompts():
 
 
 def test_the_distilled_student_ships_beside_its_teacher():
-    """`shapes-ssd1b`: the SSD-1B-like student of `shapes` (scripts/distill_proof.py --ship). It stores
-    only its UNet and scheduler; the text encoders and VAE, frozen during distillation, are the teacher's."""
+    """`shapes-ssd1b`: the SSD-1B-like student of the first `shapes` (scripts/distill_proof.py --ship).
+    `shapes` has since been fine-tuned, so the student carries the first version's text encoders and
+    VAE (frozen during its distillation) and must not borrow the current ones."""
     assert "shapes-ssd1b" in builtin.names()
     folder = builtin.resolve("shapes-ssd1b")
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["scheduler", "unet"]
+    assert {p.name for p in folder.iterdir() if p.is_dir()} >= {"unet", "text_encoder", "text_encoder_2", "vae"}
     student, teacher = Engine.load("shapes-ssd1b", device="cpu"), Engine.load(device="cpu")
     s, t = student.base.components, teacher.base.components
-    assert s.text_encoder_2 is not t.text_encoder_2
-    assert torch.equal(s.text_encoder_2.text_projection.weight, t.text_encoder_2.text_projection.weight)
-    assert torch.equal(s.vae.decoder.conv_out.weight, t.vae.decoder.conv_out.weight)
     params = {name: sum(p.numel() for p in c.unet.parameters()) for name, c in (("s", s), ("t", t))}
     # the SSD-1B rule on a teacher with one-layer stacks: mid and deepest down attention removed
     assert params["s"] / params["t"] == pytest.approx(0.847, abs=0.001)

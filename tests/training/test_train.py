@@ -176,6 +176,37 @@ def test_buckets_time_ids_and_resumable_batches() -> None:
     assert got.captions == expected.captions and torch.equal(got.pixels, expected.pixels)
 
 
+def test_contrast_hinge_charges_only_a_caption_that_fits_no_better_than_its_contrast() -> None:
+    from ssdxl.training.denoiser import contrast_hinge
+
+    cfg = TrainConfig(out="unused", contrast_margin=0.2)
+    fit, wrong = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, 1.1, 0.5])
+    assert torch.allclose(contrast_hinge(fit, wrong, cfg), torch.tensor([0.0, 0.1, 0.7]))
+
+
+def test_contrast_loss_reads_the_batch_contrasts() -> None:
+    from ssdxl.data.shapes import ShapesWorld
+    from ssdxl.models.components import build_components
+    from ssdxl.training.config import architecture
+    from ssdxl.training.data import BucketBatches
+    from ssdxl.training.denoiser import NoiseSchedule, TextConditioner, denoising_loss
+
+    preset, buckets = architecture("tiny")
+    parts = build_components(preset, seed=0)
+    batch = next(BucketBatches(ShapesWorld(seed=1, two_object_fraction=1.0), buckets, batch_size=8, seed=0))
+    assert batch.contrasts is not None
+    assert all(c not in (None, cap) for c, cap in zip(batch.contrasts, batch.captions, strict=True))
+    text = TextConditioner(parts.tokenizer, parts.tokenizer_2, parts.text_encoder, parts.text_encoder_2)
+    noise = NoiseSchedule.from_config(parts.scheduler_config)
+    losses = []
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)  # same latents, noise, timesteps and dropout
+        cfg = TrainConfig(out="unused", arch="tiny", contrast_weight=weight, caption_dropout=0.0, bf16=False)
+        losses.append(denoising_loss(cfg, batch, parts.vae, parts.unet, text, noise).item())
+    # An untrained model fits the true and the reversed caption about equally, so the hinge is paid.
+    assert losses[1] > losses[0]
+
+
 def test_evaluation_set_keeps_every_image() -> None:
     from ssdxl.data.shapes import ShapesWorld
     from ssdxl.training.data import fixed_batches
@@ -232,6 +263,37 @@ def test_vae_must_fit_the_architecture(finished_run: Path, tmp_path: Path) -> No
     (wrong / "config.json").write_text(json.dumps({**config, "latent_channels": 8}))
     with pytest.raises(UserError, match="latent_channels is 8"):
         train(TrainConfig(out=str(tmp_path / "b"), vae=str(wrong), **TINY))
+
+
+def test_init_fine_tunes_a_trained_model(finished_run: Path, tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    from ssdxl.models.components import build_components
+    from ssdxl.models.loading import load_components
+    from ssdxl.training.config import architecture
+    from ssdxl.training.run import start_from
+
+    trained = load_components(finished_run / "model")
+    parts = build_components(architecture("tiny")[0], seed=7)
+    start_from(parts, str(finished_run / "model"), tmp_path / "vae")
+    for slot in ("unet", "text_encoder", "text_encoder_2"):
+        got, want = getattr(parts, slot).state_dict(), getattr(trained, slot).state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), slot
+    # The latent scale travels with the weights: without it the denoiser sees wrongly scaled latents.
+    written = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    assert parts.vae.config.scaling_factor == written.config.scaling_factor == trained.vae.config.scaling_factor != 1.0
+
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), init=str(finished_run / "model"), **{**TINY, "steps": 2}))
+    stages = {json.loads(line)["stage"] for line in (run / "log.jsonl").read_text().splitlines()}
+    assert stages == {"denoiser"}  # the model's autoencoder is stage 1
+
+
+def test_init_must_fit_the_architecture(finished_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="its unet does not match"):
+        train(TrainConfig(out=str(tmp_path / "a"), init="shapes", **TINY))
+    with pytest.raises(UserError, match="drop --vae"):
+        train(TrainConfig(out=str(tmp_path / "b"), init="shapes", vae=str(finished_run / "vae"), **TINY))
 
 
 def test_zero_init_starts_every_residual_block_as_the_identity() -> None:

@@ -35,6 +35,7 @@ still seen in training, so the held-out split measures compositional generalisat
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -68,6 +69,7 @@ BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
 POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "centre")
 SIZES: tuple[str, ...] = ("small", "large")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+OPPOSITE_RELATIONS: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 #: (column, row) of each position's cell in the canvas' 3x3 thirds grid.
 POSITION_CELLS: dict[str, tuple[int, int]] = {
@@ -172,6 +174,17 @@ class Scene:
     def caption(self) -> str:
         return caption(self, self.template)
 
+    @property
+    def contrast(self) -> str | None:
+        """The caption with the relation reversed: what this image is *not* (pairs only).
+
+        Word for word the caption but one word, so a model can only tell them apart by reading
+        the relation in context -- which object it binds to which side.
+        """
+        if self.relation is None:
+            return None
+        return caption(dataclasses.replace(self, relation=OPPOSITE_RELATIONS[self.relation]), self.template)
+
     def combinations(self) -> Iterator[tuple[str, ...]]:
         """The (colour, shape) pairs and (colour, shape, background) triples the scene shows."""
         for obj in self.objects:
@@ -188,6 +201,10 @@ class Sample:
     image: Image.Image
     caption: str
     scene: Scene
+
+    @property
+    def contrast(self) -> str | None:
+        return self.scene.contrast
 
 
 # ---------------------------------------------------------------- captions

@@ -36,6 +36,7 @@ class TrainConfig:
     # 32 px crop differ from a whole 64 px image's, and a crop-trained VAE measured 29.6 dB on
     # crops but 22.7 dB on whole images (shifted background colours).
     vae: str | None = None  # a trained AutoencoderKL folder to start from instead (skips stage 1)
+    init: str | None = None  # a trained model of the same architecture to fine-tune (its VAE skips stage 1)
     vae_steps: int = 2500
     vae_batch_size: int = 16
     vae_lr: float = 1e-3
@@ -50,6 +51,11 @@ class TrainConfig:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     snr_gamma: float = 5.0
+    # Contrastive captions (shapes world: the relation reversed). Where a sample has one and its
+    # timestep is in the noisiest half, its loss must beat the contrast caption's by this margin
+    # (relative); the hinge is added with this weight. 0 turns it off.
+    contrast_weight: float = 0.0
+    contrast_margin: float = 0.2
     zero_init: bool = False  # residual branches start at zero (latent diffusion's init); helps deep stacks
 
     checkpoint_every: int = 500
@@ -85,6 +91,10 @@ class TrainConfig:
             raise UserError("two-object fraction must be in [0, 1]")
         if self.vae is not None and not (Path(self.vae) / "config.json").is_file():
             raise UserError(f"--vae {self.vae!r} is not a diffusers autoencoder folder (no config.json)")
+        if self.init is not None and self.vae is not None:
+            raise UserError("--init brings its own autoencoder; drop --vae")
+        if self.contrast_weight < 0.0 or self.contrast_margin < 0.0:
+            raise UserError("contrast weight and margin must be at least 0")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise UserError("caption dropout must be in [0, 1)")
 

@@ -25,6 +25,8 @@ POOL_BATCHES_PER_BUCKET = 8  # a pool holds about this many batches of each buck
 
 
 class CaptionedImage(Protocol):
+    """A training sample. A source may also give ``contrast``: a caption the image does *not* fit."""
+
     image: Image.Image
     caption: str
 
@@ -51,6 +53,7 @@ class Batch:
     pixels: torch.Tensor  # (B, 3, H, W) in [-1, 1], one bucket size
     captions: list[str]
     time_ids: torch.Tensor  # (B, 6): original (h, w), crop top-left (top, left), target (h, w)
+    contrasts: list[str | None] | None = None  # per image, a near-miss caption it does not fit
 
 
 def fit_to_bucket(image: Image.Image, buckets: list[tuple[int, int]]) -> tuple[Image.Image, list[float]]:
@@ -123,12 +126,13 @@ class BucketBatches:
         return int(self._order[1][within])
 
     def _make_pool(self, pool: int) -> list[Batch]:
-        by_bucket: dict[tuple[int, int], list[tuple[torch.Tensor, str, list[float]]]] = {}
+        by_bucket: dict[tuple[int, int], list[tuple[torch.Tensor, str, list[float], str | None]]] = {}
         start = pool * self.pool_size
         for position in range(start, start + self.pool_size):
             sample = self.source.sample(self._index(position))
             image, time_ids = fit_to_bucket(sample.image, self.buckets)
-            by_bucket.setdefault(image.size, []).append((to_tensor(image), sample.caption, time_ids))
+            contrast = getattr(sample, "contrast", None)
+            by_bucket.setdefault(image.size, []).append((to_tensor(image), sample.caption, time_ids, contrast))
         batches = []
         for items in by_bucket.values():
             full = len(items) if self.keep_remainders else len(items) - len(items) % self.batch_size
@@ -139,6 +143,7 @@ class BucketBatches:
                         pixels=torch.stack([c[0] for c in chunk]),
                         captions=[c[1] for c in chunk],
                         time_ids=torch.tensor([c[2] for c in chunk], dtype=torch.float32),
+                        contrasts=[c[3] for c in chunk],
                     )
                 )
         order = np.random.default_rng((self.seed, 2, pool)).permutation(len(batches))

@@ -17,8 +17,9 @@ import torch
 from diffusers import AutoencoderKL
 
 from ssdxl.errors import UserError
-from ssdxl.models.components import build_components
-from ssdxl.training.autoencoder import adopt_vae, train_autoencoder
+from ssdxl.models.components import Components, build_components
+from ssdxl.models.loading import load_components
+from ssdxl.training.autoencoder import adopt_vae, save_vae, train_autoencoder
 from ssdxl.training.config import TrainConfig, architecture
 from ssdxl.training.data import open_source
 from ssdxl.training.denoiser import train_denoiser
@@ -40,6 +41,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     try:
         preset, buckets = architecture(cfg.arch)
         parts = build_components(preset, seed=cfg.seed, name=cfg.name)
+        if cfg.init is not None:
+            start_from(parts, cfg.init, run / "vae")
         if (run / "vae" / "config.json").is_file():
             parts.vae = AutoencoderKL.from_pretrained(run / "vae")
         elif cfg.vae is not None:
@@ -50,3 +53,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         return export_model(final, run / "model", cfg.save_dtype)
     finally:
         torch.set_num_threads(threads)  # a library call should not leave the process re-tuned
+
+
+def start_from(parts: Components, model: str, vae_folder: Path) -> None:
+    """Fine-tuning: copy a trained model's weights into ``parts`` (built from the run's architecture).
+
+    Every trained module must match the architecture exactly. The model's VAE, config included
+    (its ``scaling_factor`` was measured on its latents), becomes the run's stage 1 result,
+    written once so ``--resume`` reads it back like a trained one.
+    """
+    trained = load_components(model)
+    for slot in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        try:
+            getattr(parts, slot).load_state_dict(getattr(trained, slot).state_dict())
+        except RuntimeError:
+            raise UserError(f"--init {model!r}: its {slot} does not match the run's architecture") from None
+    parts.vae = trained.vae
+    if not (vae_folder / "config.json").is_file():
+        save_vae(trained.vae, vae_folder, {})
