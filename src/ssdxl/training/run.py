@@ -41,10 +41,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     try:
         preset, buckets = architecture(cfg.arch)
         parts = build_components(preset, seed=cfg.seed, name=cfg.name)
-        if cfg.init is not None:
-            start_from(parts, cfg.init, run / "vae")
+        init_vae = start_from(parts, cfg.init) if cfg.init is not None else None
         if (run / "vae" / "config.json").is_file():
             parts.vae = AutoencoderKL.from_pretrained(run / "vae")
+        elif init_vae is not None:  # the model's VAE is this run's stage 1, saved so --resume reads it back
+            parts.vae = init_vae
+            save_vae(init_vae, run / "vae", {})
         elif cfg.vae is not None:
             parts.vae = adopt_vae(Path(cfg.vae), run / "vae", parts.vae)
         else:
@@ -55,12 +57,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         torch.set_num_threads(threads)  # a library call should not leave the process re-tuned
 
 
-def start_from(parts: Components, model: str, vae_folder: Path) -> None:
-    """Fine-tuning: copy a trained model's weights into ``parts`` (built from the run's architecture).
-
-    Every trained module must match the architecture exactly. The model's VAE, config included
-    (its ``scaling_factor`` was measured on its latents), becomes the run's stage 1 result,
-    written once so ``--resume`` reads it back like a trained one.
+def start_from(parts: Components, model: str) -> AutoencoderKL:
+    """Fine-tuning: copy a trained model's UNet and text encoders into ``parts`` (built from the
+    run's architecture) and return its VAE, config included (its ``scaling_factor`` was measured
+    on its latents). Every module must match the architecture exactly.
     """
     trained = load_components(model)
     for slot in ("unet", "text_encoder", "text_encoder_2", "vae"):
@@ -68,6 +68,4 @@ def start_from(parts: Components, model: str, vae_folder: Path) -> None:
             getattr(parts, slot).load_state_dict(getattr(trained, slot).state_dict())
         except RuntimeError:
             raise UserError(f"--init {model!r}: its {slot} does not match the run's architecture") from None
-    parts.vae = trained.vae
-    if not (vae_folder / "config.json").is_file():
-        save_vae(trained.vae, vae_folder, {})
+    return trained.vae
