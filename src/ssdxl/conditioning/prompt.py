@@ -64,12 +64,16 @@ def encode_text(components: Components, prompts: list[str]) -> tuple[torch.Tenso
         chunked = [_chunks(tokenizer, f) for f in fragments]
         n_chunks = max(len(c) for c in chunked)
         chunked = [c + [[]] * (n_chunks - len(c)) for c in chunked]
-        ids, weights = _chunk_tensors(tokenizer, [chunk for c in chunked for chunk in c])
-        out = encoder(ids.to(encoder.device), output_hidden_states=True)
-        states = _apply_weights(out.hidden_states[-2], weights.to(encoder.device))
-        hidden.append(states.reshape(len(prompts), n_chunks * states.shape[1], states.shape[2]))
-        pooled_all = out.text_embeds if hasattr(out, "text_embeds") else out[0]
-        pooled = pooled_all.reshape(len(prompts), n_chunks, -1)[:, 0]  # the first chunk's, as A1111
+        states, pooled_rows = [], []
+        for chunks in chunked:  # one prompt at a time: batched CLIP kernels round differently from diffusers'
+            ids, weights = _chunk_tensors(tokenizer, chunks)
+            out = encoder(ids.to(encoder.device), output_hidden_states=True)
+            prompt_states = _apply_weights(out.hidden_states[-2], weights.to(encoder.device))
+            states.append(prompt_states.reshape(1, -1, prompt_states.shape[-1]))
+            pooled_all = out.text_embeds if hasattr(out, "text_embeds") else out[0]
+            pooled_rows.append(pooled_all[:1])  # the first chunk's, as A1111
+        hidden.append(torch.cat(states))
+        pooled = torch.cat(pooled_rows)
     return torch.cat(hidden, dim=-1), pooled
 
 

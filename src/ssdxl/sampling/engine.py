@@ -32,7 +32,8 @@ from ssdxl.models import builtin
 from ssdxl.models.components import Components
 from ssdxl.models.loading import file_hash, load_components, weights_file
 from ssdxl.output.infotext import build_infotext
-from ssdxl.sampling.loop import Inpainting, StepCallback, denoise, schedule_slice
+from ssdxl.sampling.denoiser import GuidedDenoiser, Inpainting, ModelCall
+from ssdxl.sampling.loop import StepCallback, denoise, schedule_slice
 from ssdxl.sampling.precision import dtype_name, pick_device, pick_dtype
 from ssdxl.sampling.request import GeneratedImage, GenerationRequest, GenerationResult
 from ssdxl.sampling.schedulers import resolve_scheduler
@@ -272,20 +273,19 @@ class Engine:
         return latents
 
     def _denoise(self, comps, scheduler, latents, timesteps, conds, r, generators, callback, inpainting=None):
-        """One model's part of the schedule, through the runtime's UNet (eager, DeepCache or OpenVINO)."""
-        unet = self.runtime.unet(comps.unet, latents, r.cache_interval)
-        return denoise(
-            unet,
+        """One model's part of the schedule: the request's model call (the runtime's UNet: eager, DeepCache
+        or OpenVINO) under guidance and inpainting, stepped by the sampler loop."""
+        model = ModelCall(self.runtime.unet(comps.unet, latents, r.cache_interval))
+        denoiser = GuidedDenoiser(
+            model,
             scheduler,
-            latents,
             timesteps,
             *conds,
             r.guidance_scale,
-            generators,
             guidance_cutoff=r.guidance_cutoff,
             inpainting=inpainting,
-            callback=callback,
         )
+        return denoise(denoiser, scheduler, latents, timesteps, generators, callback=callback)
 
     def _final_vae(self, r: GenerationRequest):
         return (self.refiner if r.refiner else self.base).components.vae
@@ -414,8 +414,10 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
-    array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
+    """[-1, 1] pixels to 8 bits with diffusers' own arithmetic (``VaeImageProcessor.postprocess``), so equal
+    latents give equal images, not ones a rounding apart."""
+    array = (image * 0.5 + 0.5).clamp(0, 1).cpu().permute(1, 2, 0).float().numpy()
+    return Image.fromarray((array * 255).round().astype(np.uint8))
 
 
 def _latent_mask(mask: Image.Image, latents: torch.Tensor) -> torch.Tensor:
