@@ -309,6 +309,15 @@ compresses UNets of 1 B parameters or more (SDXL, SSD-1B, not Vega) to INT8 weig
 """
 
 
+def _sections_of_other_scripts() -> str:
+    """Sections other bench scripts keep between their markers (bench/adapters.py), carried over as they are."""
+    import re
+
+    doc = DOC.read_text() if DOC.exists() else ""
+    found = [m.group(0) for m in re.finditer(r"<!-- (\w+):start -->.*?<!-- \1:end -->", doc, re.DOTALL)]
+    return "".join("\n" + block + "\n" for block in found)
+
+
 def _load(values: list[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values)
 
@@ -326,7 +335,7 @@ def main() -> None:
         for name in SECTIONS:
             subprocess.run([sys.executable, __file__, "--section", name], check=True)
     results = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in SECTIONS}
-    DOC.write_text(render(results))
+    DOC.write_text(render(results) + _sections_of_other_scripts())
     print(f"wrote {DOC}")
 
 

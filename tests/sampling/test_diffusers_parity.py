@@ -25,8 +25,14 @@ def diffusers_image(engine, prompt: str, *, negative: str = "", steps: int = 3, 
 
 def ssdxl_image(engine, prompt: str, *, negative: str = "", steps: int = 3, guidance: float = 5.0, seed: int = 7):
     request = GenerationRequest(
-        prompt, negative_prompt=negative, width=64, height=64, steps=steps, guidance_scale=guidance,
-        scheduler="Euler", seed=seed,
+        prompt,
+        negative_prompt=negative,
+        width=64,
+        height=64,
+        steps=steps,
+        guidance_scale=guidance,
+        scheduler="Euler",
+        seed=seed,
     )
     return np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
 

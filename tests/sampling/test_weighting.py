@@ -1,11 +1,14 @@
-"""Prompt weighting (A1111 syntax) and prompts longer than one 77-token CLIP window."""
+"""Prompt weighting (A1111 syntax) and prompts longer than one 77-token CLIP window.
+
+tests/conditioning/test_syntax.py tests the parser in both syntaxes.
+"""
 
 import numpy as np
 import pytest
 import torch
 
 from ssdxl.conditioning.prompt import encode_text
-from ssdxl.conditioning.weighting import parse_weights
+from ssdxl.conditioning.weighting import parse_prompt
 from ssdxl.sampling.request import GenerationRequest
 
 
@@ -18,12 +21,12 @@ from ssdxl.sampling.request import GenerationRequest
         ("[blurry]", [("blurry", 1 / 1.1)]),
         ("((red))", [("red", pytest.approx(1.21))]),
         (r"a \(literal\) Big BREAKFAST", [("a (literal) Big BREAKFAST", 1.0)]),
-        ("(a BREAK b)", [("a ", 1.1), ("BREAK", -1.0), (" b", 1.1)]),
+        ("(a BREAK b)", [("a ", 1.1), ("BREAK", None), (" b", 1.1)]),
         ("time: 5 (x:0.5)", [("time: 5 ", 1.0), ("x", 0.5)]),
     ],
 )
-def test_parse_weights(prompt, expected):
-    assert parse_weights(prompt) == expected
+def test_parse_prompt(prompt, expected):
+    assert parse_prompt(prompt) == expected
 
 
 def _reference(components, prompt):

@@ -143,6 +143,24 @@ def generate(
     tiled_vae: Annotated[
         bool, typer.Option("--tiled-vae", help="Decode in tiles: bounded memory for large images, faint seams.")
     ] = False,
+    lora: Annotated[
+        list[str] | None, typer.Option("--lora", help="LoRA file or name, optionally :WEIGHT (repeatable).")
+    ] = None,
+    lora_dir: Annotated[
+        list[Path] | None, typer.Option("--lora-dir", help="Folder of LoRAs that <lora:name:w> in the prompt names.")
+    ] = None,
+    embedding: Annotated[
+        list[str] | None, typer.Option("--embedding", help="Textual-inversion file; its name in a prompt uses it.")
+    ] = None,
+    embedding_dir: Annotated[
+        list[Path] | None, typer.Option("--embedding-dir", help="Folder of embeddings, used where prompts name them.")
+    ] = None,
+    prompt_syntax: Annotated[
+        str, typer.Option("--prompt-syntax", help="Prompt weighting: a1111 '(word:1.2)' or compel 'word++'.")
+    ] = "a1111",
+    fuse_loras: Annotated[
+        bool, typer.Option("--fuse-loras", help="Merge LoRAs into the weights for the run (no per-step cost).")
+    ] = False,
     from_png: Annotated[Path | None, typer.Option("--from-png", help="Re-create the image whose PNG is given.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
@@ -152,13 +170,14 @@ def generate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print paths, seeds and timings as JSON.")] = False,
 ) -> None:
-    """Generate images: txt2img, img2img (--init-image), inpainting (--mask), base + refiner."""
+    """Generate images: txt2img, img2img (--init-image), inpainting (--mask), base + refiner, LoRAs, embeddings."""
     from ssdxl.output.files import output_paths, request_from_png, save_image
     from ssdxl.sampling.engine import Engine
     from ssdxl.sampling.request import GenerationRequest
 
     if from_png is not None:
         request, stored = request_from_png(from_png)
+        check_adapter_hashes(request, stored)
         model = model or stored.get("model")
         refiner = refiner or stored.get("refiner_model")
         if dtype == "auto" and stored.get("dtype"):
@@ -194,6 +213,9 @@ def generate(
             negative_aesthetic_score=negative_aesthetic_score,
             guidance_cutoff=guidance_cutoff,
             cache_interval=cache_interval,
+            loras=[parse_lora_option(text) for text in lora or []],
+            embeddings=list(embedding or []),
+            prompt_syntax=prompt_syntax,
         )
     request.init_image = open_image(init_image, "--init-image")
     request.mask_image = open_image(mask, "--mask")
@@ -208,6 +230,9 @@ def generate(
         allow_pickle=allow_pickle,
         backend=backend,
         optimize=optimize,
+        lora_dirs=tuple(lora_dir or ()),
+        embedding_dirs=tuple(embedding_dir or ()),
+        fuse_loras=fuse_loras,
     )
     if tiled_vae:
         engine.enable_tiled_vae()
@@ -233,6 +258,37 @@ def generate(
     elif not quiet:
         for path, g in zip(saved, result.images, strict=True):
             typer.echo(f"{path}  seed {g.seed}")
+
+
+def parse_lora_option(text: str) -> tuple[str, float]:
+    """``path``, ``name`` or either with ``:WEIGHT`` (a colon inside a path is kept when no number follows it)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def check_adapter_hashes(request, stored: dict[str, Any]) -> None:
+    """--from-png re-creates an image only with the very adapter files it was made with."""
+    from ssdxl.adapters.library import AdapterLibrary
+
+    library = AdapterLibrary()
+    recorded = {**stored.get("lora_hashes", {}), **stored.get("embedding_hashes", {})}
+    files = [(path, library.lora) for path, _ in request.loras] + [
+        (path, library.embedding) for path in request.embeddings
+    ]
+    for path, read in files:
+        if not Path(path).is_file():
+            raise UserError(f"the image was made with {path}, which is not there; pass --lora/--embedding again")
+        adapter = read(path)
+        if recorded.get(adapter.name, adapter.hash) != adapter.hash:
+            raise UserError(
+                f"{path} is not the file the image was made with "
+                f"(hash {adapter.hash}, recorded {recorded[adapter.name]})"
+            )
 
 
 def _run_with_progress(engine, request, quiet: bool):
@@ -324,6 +380,8 @@ SUBCOMMANDS = {
     "eval": "ssdxl.cli.evaluate:app",
     "distill": "ssdxl.cli.distill:app",
     "bench": "ssdxl.cli.bench:bench",
+    "loras": "ssdxl.cli.adapters:loras",
+    "embeddings": "ssdxl.cli.adapters:embeddings",
     "export": "ssdxl.cli.bench:export_app",
 }
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ssdxl.conditioning.weighting import parse_weights
+from ssdxl.conditioning.weighting import parse_prompt
 from ssdxl.models.components import Components
 
 CHUNK_TOKENS = 75  # CLIP's 77 positions minus BOS and EOS
@@ -44,7 +44,7 @@ class Conditioning:
         return Conditioning(self.embeds.repeat(n, 1, 1), self.pooled.repeat(n, 1), self.time_ids.repeat(n, 1))
 
 
-def encode_text(components: Components, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_text(components: Components, prompts: list[str], syntax: str = "a1111") -> tuple[torch.Tensor, torch.Tensor]:
     """(embeds [B, 77*k, D], pooled [B, P]) for ``prompts``, weighted and in 75-token chunks.
 
     Prompts longer than 75 tokens (or split by ``BREAK``) are encoded chunk by chunk and the chunks
@@ -52,7 +52,7 @@ def encode_text(components: Components, prompts: list[str]) -> tuple[torch.Tenso
     chunks as the longest (empty chunks pad), so they can share one UNet batch. A prompt with no
     weighting syntax that fits in 75 tokens encodes exactly as diffusers encodes it.
     """
-    fragments = [parse_weights(p) for p in prompts]
+    fragments = [parse_prompt(p, syntax) for p in prompts]
     hidden = []
     pooled = None
     for tokenizer, encoder in (
@@ -77,12 +77,12 @@ def encode_text(components: Components, prompts: list[str]) -> tuple[torch.Tenso
     return torch.cat(hidden, dim=-1), pooled
 
 
-def _chunks(tokenizer, fragments: list[tuple[str, float]]) -> list[list[tuple[int, float]]]:
+def _chunks(tokenizer, fragments: list[tuple[str, float | None]]) -> list[list[tuple[int, float]]]:
     """Token ids with their weights, cut into chunks of at most 75 (and at every BREAK)."""
     chunks: list[list[tuple[int, float]]] = []
     current: list[tuple[int, float]] = []
     for text, weight in fragments:
-        if weight < 0:  # BREAK
+        if weight is None:  # BREAK
             chunks.append(current)
             current = []
             continue

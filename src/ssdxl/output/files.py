@@ -56,6 +56,7 @@ def request_from_png(path: Path) -> tuple[GenerationRequest, dict[str, Any]]:
         for key in ("original_size", "target_size", "crop_top_left"):
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
+        fields["loras"] = [(path, weight) for path, weight in fields.get("loras", [])]
         return GenerationRequest(**fields), params
     if "parameters" in text:
         return _request_from_infotext(parse_infotext(text["parameters"]))

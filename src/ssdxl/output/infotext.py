@@ -7,6 +7,7 @@ also reads it back so ``--from-png`` can re-create images made by A1111 as well 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 NEGATIVE = "Negative prompt: "
@@ -30,9 +31,14 @@ def build_infotext(params: dict[str, Any], *, model_name: str, model_hash: str, 
         fields["Refiner switch at"] = _number(params["high_noise_fraction"])
     if params.get("guidance_cutoff", 1.0) < 1.0:
         fields["CFG cutoff"] = _number(params["guidance_cutoff"])
+    if params.get("lora_hashes"):
+        fields["Lora hashes"] = ", ".join(f"{name}: {digest}" for name, digest in params["lora_hashes"].items())
+    if params.get("embedding_hashes"):
+        fields["TI hashes"] = ", ".join(f"{name}: {digest}" for name, digest in params["embedding_hashes"].items())
     fields["Version"] = f"ssdxl {version}"
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v is not None)
-    text = params["prompt"]
+    tags = [f"<lora:{Path(path).stem}:{_number(weight)}>" for path, weight in params.get("loras") or []]
+    text = " ".join([params["prompt"], *tags])  # as A1111 writes it: the tags in the prompt
     if params.get("negative_prompt"):
         text += f"\n{NEGATIVE}{params['negative_prompt']}"
     return f"{text}\n{line}"

@@ -26,7 +26,10 @@ import torch
 from PIL import Image
 
 from ssdxl import __version__
+from ssdxl.adapters.library import AdapterLibrary, prompt_loras
+from ssdxl.adapters.patching import AdapterPatcher
 from ssdxl.conditioning.prompt import Conditioning, empty_like, encode_text, micro_conditioning
+from ssdxl.conditioning.weighting import parse_prompt
 from ssdxl.errors import UserError
 from ssdxl.models import builtin
 from ssdxl.models.components import Components
@@ -42,6 +45,8 @@ from ssdxl.speed.runtime import Runtime
 MAX_SEED = 2**63 - 1
 SIZE_MULTIPLE = 8
 MAX_SIDE = 4096
+FEW_STEP_SCHEDULERS = {"LCMScheduler": "LCM", "TCDScheduler": "TCD"}  # a distilled UNet shipped with its sampler
+FEW_STEP_DEFAULTS = {"steps": 4, "guidance_scale": 1.0}  # LCM/TCD LoRAs: no CFG, a handful of steps
 
 
 class GenerationError(UserError):
@@ -65,12 +70,17 @@ class Engine:
         device: torch.device,
         dtype: torch.dtype,
         runtime: Runtime | None = None,
+        adapters: AdapterLibrary | None = None,
+        fuse_loras: bool = False,
     ):
         self.base = base
         self.refiner = refiner
         self.device = device
         self.dtype = dtype
         self.runtime = runtime or Runtime()  # how the UNets and decoders run (ssdxl.speed)
+        self.adapters = adapters or AdapterLibrary()  # where LoRA and embedding names point
+        self.patcher = AdapterPatcher(base.components)  # the base model's per-request adapters
+        self.fuse_loras = fuse_loras  # merge LoRAs into the weights per request instead of extra matmuls
 
     @classmethod
     def load(
@@ -83,16 +93,21 @@ class Engine:
         allow_pickle: bool = False,
         backend: str = "auto",
         optimize: bool = True,
+        lora_dirs: tuple[str | Path, ...] = (),
+        embedding_dirs: tuple[str | Path, ...] = (),
+        fuse_loras: bool = False,
     ) -> Engine:
         """``backend``: torch, openvino, or auto (OpenVINO where installed and exported); ``optimize``
-        applies the measured CPU settings of ``ssdxl.speed.tuning``."""
+        applies the measured CPU settings of ``ssdxl.speed.tuning``; ``lora_dirs`` / ``embedding_dirs``
+        are folders whose files requests may name."""
+        library = AdapterLibrary(lora_dirs, embedding_dirs, allow_pickle=allow_pickle)
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
         base = _load(model, torch_device, torch_dtype, allow_pickle)
         ref = _load(refiner, torch_device, torch_dtype, allow_pickle) if refiner is not None else None
         loaded = [(m.components, m.hash) for m in (base, ref) if m is not None]
         runtime = Runtime.prepare(loaded, torch_device, backend=backend, optimize=optimize)
-        return cls(base, ref, torch_device, torch_dtype, runtime)
+        return cls(base, ref, torch_device, torch_dtype, runtime, library, fuse_loras)
 
     def enable_tiled_vae(self) -> None:
         """Decode large images tile by tile (diffusers' VAE tiling): memory stays bounded, and the
@@ -110,7 +125,8 @@ class Engine:
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """The request with defaults filled in and every field checked; seed -1 becomes a real seed."""
         d = self.base.components.defaults
-        r = dataclasses.replace(request)
+        r = dataclasses.replace(request, loras=list(request.loras), embeddings=list(request.embeddings))
+        self._resolve_adapters(r)
         if r.init_image is not None and r.width is None and r.height is None:
             r.width, r.height = (max(SIZE_MULTIPLE, s - s % SIZE_MULTIPLE) for s in r.init_image.size)
         for name, fallback in (("width", 1024), ("height", 1024), ("steps", 30)):
@@ -123,7 +139,27 @@ class Engine:
         if r.seed == -1:
             r.seed = secrets.randbelow(2**32)
         _check(r, refiner_loaded=self.refiner is not None)
+        for text in (r.prompt, r.negative_prompt):
+            parse_prompt(text, r.prompt_syntax)  # a malformed weight fails here, not inside a batch
         return r
+
+    def _resolve_adapters(self, r: GenerationRequest) -> None:
+        """Adapters named anywhere (fields, ``<lora:name:w>`` tags, embedding names in the prompts) become
+        checked file paths; a few-step LoRA brings its sampler, steps and guidance unless they are set."""
+        r.prompt, tagged = prompt_loras(r.prompt)
+        infos = [(self.adapters.lora(str(ref)), float(weight)) for ref, weight in [*r.loras, *tagged]]
+        for info, _ in infos:
+            self.patcher.load(info)  # a LoRA for another architecture fails now, alone
+        r.loras = [(str(info.path), weight) for info, weight in infos]
+        named = self.adapters.embeddings_named_in(r.prompt, r.negative_prompt)
+        refs = list(dict.fromkeys([*r.embeddings, *named]))
+        r.embeddings = [str(self.adapters.embedding(ref).path) for ref in refs]
+        few_step = next((info.few_step for info, weight in infos if info.few_step and weight > 0), None)
+        few_step = few_step or FEW_STEP_SCHEDULERS.get(self.base.components.scheduler_config.get("_class_name"))
+        if few_step is not None:
+            r.scheduler = r.scheduler or few_step
+            r.steps = r.steps or FEW_STEP_DEFAULTS["steps"]
+            r.guidance_scale = FEW_STEP_DEFAULTS["guidance_scale"] if r.guidance_scale is None else r.guidance_scale
 
     def batch_key(self, request: GenerationRequest) -> tuple:
         """What resolved requests must share to run as one batch: all but prompts, seeds, sample
@@ -131,13 +167,14 @@ class Engine:
         r = request
         size_and_schedule = (r.kind, r.width, r.height, r.steps, r.scheduler, r.strength)
         guidance = (r.guidance_scale, r.guidance_cutoff, r.cache_interval)
-        return (*size_and_schedule, *guidance, r.high_noise_fraction if r.refiner else None)
+        adapters = tuple((path, weight) for path, weight in r.loras)  # LoRAs patch the weights the batch shares
+        return (*size_and_schedule, *guidance, r.high_noise_fraction if r.refiner else None, adapters)
 
     def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
         r = self.resolve(request)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._patched(r):
             rows = self._rows(r, timings)
             images = [self._finish(self._sample([row], timings, callback), [row], timings)[0] for row in rows]
         timings["total"] = time.perf_counter() - t_start
@@ -157,7 +194,7 @@ class Engine:
             raise ValueError("requests differ in settings that must be shared; group them by Engine.batch_key")
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._patched(resolved[0]):
             per_request = [self._rows(r, timings) for r in resolved]
             rows = [row for request_rows in per_request for row in request_rows]
             images = iter(self._finish(self._sample(rows, timings, callback), rows, timings))
@@ -167,13 +204,25 @@ class Engine:
 
     # ------------------------------------------------------------------ stages
 
-    def _conditioning(self, comps: Components, r: GenerationRequest) -> tuple[Conditioning, Conditioning]:
+    @contextmanager
+    def _patched(self, r: GenerationRequest):
+        """The base model with the request's LoRAs on, for the block (text encoding and denoising)."""
+        loras = [(self.adapters.lora(path), weight) for path, weight in r.loras]
+        with self.patcher.applied(loras, fuse=self.fuse_loras):
+            yield
+
+    def _conditioning(
+        self, comps: Components, r: GenerationRequest, rewrite=lambda text: text
+    ) -> tuple[Conditioning, Conditioning]:
+        """Both branches' conditioning; ``rewrite`` puts embedding tokens where the prompts name them."""
+        prompt, negative = rewrite(r.prompt), rewrite(r.negative_prompt)
+        syntax = r.prompt_syntax
         if r.negative_prompt or not comps.pipeline.get("force_zeros_for_empty_prompt", True):
-            both, both_pooled = encode_text(comps, [r.prompt, r.negative_prompt])  # equal chunk counts
+            both, both_pooled = encode_text(comps, [prompt, negative], syntax)  # equal chunk counts
             embeds, neg_embeds = both.chunk(2)
             pooled, neg_pooled = both_pooled.chunk(2)
         else:
-            embeds, pooled = encode_text(comps, [r.prompt])
+            embeds, pooled = encode_text(comps, [prompt], syntax)
             neg_embeds, neg_pooled = empty_like(embeds, pooled)
         size = (r.height, r.width)
         original = r.original_size or size
@@ -194,8 +243,9 @@ class Engine:
 
     def _rows(self, r: GenerationRequest, timings: dict[str, float]) -> list[_Row]:
         """A resolved request's images-to-be: prompts encoded and the init image encoded once for all."""
-        with _timed(timings, "text_encode"):
-            base_cond = self._conditioning(self.base.components, r)
+        embeddings = [self.adapters.embedding(path) for path in r.embeddings]
+        with _timed(timings, "text_encode"), self.patcher.embeddings_loaded(embeddings) as rewrite:
+            base_cond = self._conditioning(self.base.components, r, rewrite)
             refiner_cond = self._conditioning(self.refiner.components, r) if r.refiner else None
         init = self._encode_init(r) if r.init_image is not None else None
         return [_Row(r, r.seed + i, base_cond, refiner_cond, init) for i in range(r.samples)]
@@ -257,10 +307,21 @@ class Engine:
                 "refiner_model": self.refiner.source if r.refiner else None,
                 "dtype": dtype_name(self.dtype),
                 "device": self.device.type,
+                "backend": self.runtime.unet_path(self.base.components.unet, r.cache_interval, bool(r.loras)),
+                **self._adapter_hashes(r),
             }
             info = build_infotext(params, model_name=self.model_name, model_hash=self.base.hash, version=__version__)
             images.append(GeneratedImage(image=image, seed=row.seed, infotext=info, params=params))
         return images
+
+    def _adapter_hashes(self, r: GenerationRequest) -> dict[str, dict[str, str]]:
+        """Each adapter's name and file hash, as A1111 records them (``--from-png`` checks them)."""
+        loras = [self.adapters.lora(path) for path, _ in r.loras]
+        embeddings = [self.adapters.embedding(path) for path in r.embeddings]
+        return {
+            "lora_hashes": {a.name: a.hash for a in loras},
+            "embedding_hashes": {a.name: a.hash for a in embeddings},
+        }
 
     def _refine(self, r, latents, refiner_cond, generators, timings, callback) -> torch.Tensor:
         """Finish the schedule with the refiner from where the base stopped, without decoding."""
@@ -275,7 +336,8 @@ class Engine:
     def _denoise(self, comps, scheduler, latents, timesteps, conds, r, generators, callback, inpainting=None):
         """One model's part of the schedule: the request's model call (the runtime's UNet: eager, DeepCache
         or OpenVINO) under guidance and inpainting, stepped by the sampler loop."""
-        model = ModelCall(self.runtime.unet(comps.unet, latents, r.cache_interval))
+        patched = bool(r.loras) and comps is self.base.components
+        model = ModelCall(self.runtime.unet(comps.unet, latents, r.cache_interval, patched))
         denoiser = GuidedDenoiser(
             model,
             scheduler,

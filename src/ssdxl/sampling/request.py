@@ -3,7 +3,8 @@
 The kind of run follows from what is given: no ``init_image`` is txt2img, ``init_image`` alone is
 img2img, ``init_image`` + ``mask_image`` is inpainting (white = repaint). ``refiner=True`` hands the
 base model's latents to the loaded refiner at ``high_noise_fraction`` of the schedule.
-``None`` fields take the model's defaults.
+``None`` fields take the model's defaults. ``loras`` and ``embeddings`` are per-request adapters
+(``ssdxl.adapters``): a LoRA for this request only, an embedding its prompts call by name.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class GenerationRequest:
     negative_aesthetic_score: float = 2.5
     guidance_cutoff: float = 1.0  # fraction of the steps that use classifier-free guidance
     cache_interval: int = 1  # DeepCache: a full UNet call every N steps, shallow ones between (1 = off)
+    loras: list[tuple[str, float]] = field(default_factory=list)  # (name or path, weight); <lora:name:w> adds
+    embeddings: list[str] = field(default_factory=list)  # textual inversions (name or path), called by name
+    prompt_syntax: str = "a1111"  # prompt weighting: a1111 "(word:1.2)" or compel "word++"
 
     @property
     def kind(self) -> str:

@@ -59,6 +59,7 @@ SAMPLERS = (
     Sampler("UniPC", "UniPCMultistepScheduler", aliases=("uni pc",)),
     Sampler("DEIS", "DEISMultistepScheduler"),
     Sampler("LCM", "LCMScheduler"),
+    Sampler("TCD", "TCDScheduler"),
 )
 SIGMA_SUFFIXES = {"karras": "use_karras_sigmas", "exponential": "use_exponential_sigmas"}
 _BY_KEY = {_key: s for s in SAMPLERS for _key in (s.name.lower(), *s.aliases)}

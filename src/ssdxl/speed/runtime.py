@@ -63,16 +63,27 @@ class Runtime:
         self.unets[id(components.unet)] = unet
         self.decoders[id(components.vae)] = decoder
 
-    def unet(self, unet: torch.nn.Module, latents: torch.Tensor, cache_interval: int = 1) -> Callable[..., Any]:
-        """What the denoising loop calls for ``unet``: DeepCache needs the PyTorch module's blocks, and
-        latent sizes the OpenVINO graph was not traced for (not a multiple of the UNet's
-        downsampling) run in PyTorch too."""
+    def unet(
+        self, unet: torch.nn.Module, latents: torch.Tensor, cache_interval: int = 1, patched: bool = False
+    ) -> Callable[..., Any]:
+        """What the denoising loop calls for ``unet``: DeepCache needs the PyTorch module's blocks (and runs
+        its adapters); latent sizes the OpenVINO graph was not traced for (not a multiple of the UNet's
+        downsampling) and ``patched`` UNets (per-request LoRAs, which the exported graph lacks) run in
+        PyTorch too."""
         if cache_interval > 1:
             return DeepCacheUNet(unet, cache_interval)
         replacement = self.unets.get(id(unet))
-        if replacement is not None and replacement.supports(latents.shape):
+        if not patched and replacement is not None and replacement.supports(latents.shape):
             return replacement
         return unet
+
+    def unet_path(self, unet: torch.nn.Module, cache_interval: int, patched: bool) -> str:
+        """How ``unet`` runs for a request, as recorded in its result: say so when adapters forced PyTorch."""
+        if cache_interval > 1:
+            return "torch+deepcache"
+        if id(unet) in self.unets:
+            return "torch (the OpenVINO export has no LoRAs)" if patched else "openvino"
+        return "torch"
 
     def decoder(self, vae: torch.nn.Module, latents: torch.Tensor) -> openvino_backend.OpenVINODecoder | None:
         """The OpenVINO decoder for ``vae``, unless the latents are large enough for PyTorch's tiled
