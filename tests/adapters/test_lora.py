@@ -25,7 +25,7 @@ def theirs(folder, loras: list[tuple[str, float]], prompt="a red circle", negati
     """Stock diffusers on the same folder: ``load_lora_weights`` + ``set_adapters``."""
     from diffusers import StableDiffusionXLPipeline
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, dtype=torch.float32, **tokenizers())
     pipe.set_progress_bar_config(disable=True)
     for i, (path, _) in enumerate(loras):
         pipe.load_lora_weights(str(path), adapter_name=f"a{i}")
@@ -41,6 +41,13 @@ def theirs(folder, loras: list[tuple[str, float]], prompt="a red circle", negati
         generator=torch.Generator("cpu").manual_seed(SETTINGS["seed"]),
     )
     return np.asarray(out.images[0], dtype=np.int16)
+
+
+def tokenizers() -> dict:
+    """The CLIP tokenizers (the built-in model's folder leaves them out; ssdxl builds them offline)."""
+    from ssdxl.models.tokenizers import clip_tokenizer
+
+    return {"tokenizer": clip_tokenizer("tokenizer"), "tokenizer_2": clip_tokenizer("tokenizer_2")}
 
 
 def assert_same_image(a: np.ndarray, b: np.ndarray) -> None:
@@ -167,3 +174,17 @@ def test_deepcache_runs_the_lora_and_openvino_falls_back_and_says_so(engine, ada
     assert runtime.unet_path(unet, 1, patched=False) == "openvino"
     params = engine.generate(GenerationRequest("x", **SETTINGS, loras=style)).images[0].params
     assert params["backend"] == "torch" and params["lora_hashes"] == {"style": engine.adapters.lora(style[0][0]).hash}
+
+
+@pytest.mark.parametrize(("model", "fmt"), [("sdxl-base", "kohya-sgm"), ("shapes", "diffusers")])
+def test_other_models_and_sgm_named_kohya_files_match_stock_diffusers(tiny_dir, tmp_path, model, fmt):
+    """A tiny random SDXL (what ``init-random`` writes) with an sd-scripts-style file, and the built-in model."""
+    from ssdxl.models import builtin
+    from ssdxl.sampling.engine import Engine
+
+    folder = builtin.resolve(model) or tiny_dir(model)
+    lora = make_lora(load_components(folder), tmp_path / "l.safetensors", fmt=fmt, rank=8, alpha=4.0, seed=9, scale=0.1)
+    engine = Engine.load(folder, device="cpu", dtype="float32")
+    image = ours(engine, loras=[(str(lora), 0.9)])
+    assert not np.array_equal(image, ours(engine))
+    assert_same_image(image, theirs(folder, [(lora, 0.9)]))

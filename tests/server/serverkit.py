@@ -56,15 +56,17 @@ class ThreadServer:
         return self.app.state.service.store
 
 
-def start_thread_server(data_dir: Path, model_dir: Path, **settings) -> tuple[ThreadServer, callable]:
+def start_thread_server(
+    data_dir: Path, model_dir: Path, *, models: dict[str, str] | None = None, **settings
+) -> tuple[ThreadServer, callable]:
+    """A server of ``model_dir`` as MODEL (plus ``models``) in this process; ``settings`` are ServerConfig's."""
     import uvicorn
 
     from ssdxl.server.app import create_app
     from ssdxl.server.config import ServerConfig
 
-    config = ServerConfig(
-        data_dir=data_dir, models={MODEL: str(model_dir)}, device="cpu", dtype="float32", threads=1, **settings
-    )
+    models = {MODEL: str(model_dir), **(models or {})}
+    config = ServerConfig(data_dir=data_dir, models=models, device="cpu", dtype="float32", threads=1, **settings)
     app = create_app(config)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

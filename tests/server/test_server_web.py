@@ -1,8 +1,9 @@
-"""The web page in headless Chromium: type a prompt, click Generate, watch the image appear."""
+"""The web page in headless Chromium: type a prompt, click Generate, watch the image appear; pick LoRAs."""
 
 import shutil
 
 import pytest
+import requests
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -46,3 +47,30 @@ def test_generate_from_the_page(browser, server):
     assert "a yellow triangle on a navy background" in caption and "Seed: 77" in caption and "Euler a" in caption
     assert page.locator("#error").is_hidden() and page.locator("#progress").is_hidden()
     assert page.locator("#generate").is_enabled()
+
+
+def test_pick_loras_on_the_page(browser, server):
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("#lora-choice option[value='style']", state="attached")
+    assert page.locator("#adapters").is_visible() and "mytok" in page.locator("#embeddings").inner_text()
+    assert page.locator("#lora-choice option[value='made_for_refiner']").count() == 1
+    before = page.locator("#gallery figure").count()
+    page.fill("#prompt", "a green star")
+    page.click("#embeddings button:text-is('mytok')")  # an embedding hint adds its name to the prompt
+    assert page.input_value("#prompt") == "a green star, mytok"
+    for name in ("style", "other"):
+        page.select_option("#lora-choice", name)
+        page.click("#lora-add")
+    page.fill("#loras li[data-name='style'] input[type=number]", "0.7")
+    assert page.input_value("#loras li[data-name='style'] input[type=range]") == "0.7"  # slider follows the number
+    page.click("#loras li[data-name='other'] button")  # removed again
+    assert page.locator("#loras li").count() == 1
+    for field, value in (("#width", "64"), ("#height", "64"), ("#steps", "2"), ("#seed", "88")):
+        page.fill(field, value)
+    page.click("#generate")
+    page.wait_for_function(f"document.querySelectorAll('#gallery figure').length > {before}", timeout=60_000)
+    assert "<lora:style:0.7>" in page.locator("#gallery figure figcaption").first.inner_text()
+    job = requests.get(f"{server.url}/v2/jobs", params={"limit": 1}).json()[0]
+    assert job["params"]["loras"] == [["style", 0.7]] and job["params"]["embeddings"] == ["mytok"]
+    assert job["params"]["prompt"] == "a green star, mytok" and job["status"] == "succeeded"

@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import uuid
 
 import pytest
 import requests
@@ -39,18 +40,28 @@ def _pings(client) -> bool:
         return False
 
 
-def test_two_workers_run_every_job_exactly_once(tiny_dir, tmp_path, redis_url):
+def test_two_workers_run_every_job_exactly_once(tiny_dir, tmp_path, redis_url, adapter_dirs):
     from redis import Redis
     from rq import Worker
 
+    from ssdxl.adapters.synthetic import make_lora
+    from ssdxl.models.loading import load_components
+
     data_dir, model = tmp_path / "shared", tiny_dir(MODEL)
-    args = ["--redis", redis_url, "--model", f"{MODEL}={model}", "--max-batch", "2"]
+    folders = ["--lora-dir", str(adapter_dirs[0]), "--embedding-dir", str(adapter_dirs[1])]
+    args = ["--redis", redis_url, "--model", f"{MODEL}={model}", "--max-batch", "2", *folders]
     workers = [spawn_ssdxl(["worker", *args], data_dir, tmp_path / f"worker{i}.log") for i in range(2)]
-    server, url = spawn_server(data_dir, model, "--redis", redis_url, log=tmp_path / "server.log")
+    server, url = spawn_server(data_dir, model, "--redis", redis_url, *folders, log=tmp_path / "server.log")
     try:
         wait_until(lambda: len(Worker.all(connection=Redis.from_url(redis_url))) == 2, 120, "both workers")
+        # a LoRA added after the workers started: the server's refresh lets clients name it, workers re-read on a miss
+        late = f"late{uuid.uuid4().hex[:6]}"
+        make_lora(load_components(model), adapter_dirs[0] / f"{late}.safetensors", seed=21)
+        requests.post(f"{url}/sdapi/v1/refresh-loras").raise_for_status()
         body = {"prompt": "a purple circle", "width": 64, "height": 64, "steps": 2}
-        ids = [requests.post(f"{url}/v2/jobs", json={**body, "seed": i}).json()["id"] for i in range(JOBS)]
+        loras = [[], [["style", 0.5]], [[late, 1.0]]]
+        bodies = [{**body, "seed": i, "loras": loras[i % 3]} for i in range(JOBS)]
+        ids = [requests.post(f"{url}/v2/jobs", json=b).json()["id"] for b in bodies]
         jobs = wait_for_jobs(url, ids, timeout=240)
     finally:
         for process in (server, *workers):
@@ -58,6 +69,9 @@ def test_two_workers_run_every_job_exactly_once(tiny_dir, tmp_path, redis_url):
     logs = "\n".join(p.read_text()[-2000:] for p in tmp_path.glob("*.log"))
     assert [j["status"] for j in jobs] == [SUCCEEDED] * JOBS, logs
     assert all(j["attempts"] == 1 for j in jobs)
+    for job, sent in zip(jobs, bodies, strict=True):
+        infotext, tags = job["images"][0]["infotext"], [f"<lora:{n}:{w:g}>" for n, w in sent["loras"]]
+        assert all(tag in infotext for tag in tags) and ("<lora:" in infotext) == bool(tags)
     store, storage = open_data(ServerConfig(data_dir=data_dir))
     holders = {store.db.connection().execute("SELECT worker FROM jobs WHERE id = ?", (i,)).fetchone()[0] for i in ids}
     assert len(holders) == 2, f"one worker did all the work: {holders}"

@@ -31,7 +31,9 @@ def prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
             raise UserError(f"LoRA weight {weight!r} in {match.group(0)!r} is not a number") from None
         return ""
 
-    stripped = PROMPT_LORA.sub(take, prompt)
+    stripped, count = PROMPT_LORA.subn(take, prompt)
+    while count:  # taking a tag out can join the text around it into a new one: "<lor<lora:a:1>a:b>"
+        stripped, count = PROMPT_LORA.subn(take, stripped)
     return re.sub(r"\s{2,}", " ", stripped).strip(" ,") if found else prompt, found
 
 

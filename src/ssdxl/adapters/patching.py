@@ -66,10 +66,11 @@ class AdapterPatcher:
         if name in self._resident:
             self._resident.move_to_end(name)
             return self._resident[name]
-        while len(self._resident) >= self.max_resident:
-            evicted, _ = self._resident.popitem(last=False)
-            self.pipeline.delete_adapters([evicted])
-        self._resident[name] = counts = self._inject(lora, name)
+        with outside_inference_mode():
+            while len(self._resident) >= self.max_resident:
+                evicted, _ = self._resident.popitem(last=False)
+                self.pipeline.delete_adapters([evicted])
+            self._resident[name] = counts = self._inject(lora, name)
         return counts
 
     @contextmanager
@@ -108,18 +109,17 @@ class AdapterPatcher:
         towers = [(t, getattr(pipe, t), getattr(pipe, tok)) for t, tok in TOWERS if getattr(pipe, t) is not None]
         loaded = []
         try:
-            for embedding in embeddings:
-                token = _token(embedding.name)
-                for tower, encoder, tokenizer in towers:
-                    width = encoder.get_input_embeddings().weight.shape[1]
-                    vectors = embedding.for_tower(tower, width).to(encoder.dtype)
-                    pipe.load_textual_inversion(
-                        {token: vectors}, token=token, tokenizer=tokenizer, text_encoder=encoder
-                    )
-                    loaded.append((token, vectors.shape[0], tokenizer, encoder))
-            words = {
-                e.name: " ".join(_token(e.name) + (f"_{i}" if i else "") for i in range(e.length)) for e in embeddings
-            }
+            with outside_inference_mode():  # the resized vocabulary must stay an ordinary tensor (peft needs it)
+                for embedding in embeddings:
+                    token = _token(embedding.name)
+                    for tower, encoder, tokenizer in towers:
+                        width = encoder.get_input_embeddings().weight.shape[1]
+                        vectors = embedding.for_tower(tower, width).to(encoder.dtype)
+                        pipe.load_textual_inversion(
+                            {token: vectors}, token=token, tokenizer=tokenizer, text_encoder=encoder
+                        )
+                        loaded.append((token, vectors.shape[0], tokenizer, encoder))
+            words = {e.name: " ".join(_vector_tokens(_token(e.name), e.length)) for e in embeddings}
 
             def rewrite(prompt: str) -> str:
                 for name, tokens in words.items():
@@ -128,9 +128,11 @@ class AdapterPatcher:
 
             yield rewrite
         finally:
-            for token, count, tokenizer, encoder in reversed(loaded):
-                tokens = [token] + [f"{token}_{i}" for i in range(1, count)]
-                pipe.unload_textual_inversion(tokens=tokens, tokenizer=tokenizer, text_encoder=encoder)
+            with outside_inference_mode():
+                for token, count, tokenizer, encoder in reversed(loaded):
+                    pipe.unload_textual_inversion(
+                        tokens=_vector_tokens(token, count), tokenizer=tokenizer, text_encoder=encoder
+                    )
 
     def _inject(self, lora: LoraInfo, name: str) -> tuple[int, int]:
         pipe = self.pipeline
@@ -211,6 +213,19 @@ def _quiet_loaders() -> Iterator[None]:
 def adapter_name(lora: LoraInfo) -> str:
     """One resident adapter per file content (peft adapter names may not contain dots)."""
     return f"lora_{lora.hash}"
+
+
+@contextmanager
+def outside_inference_mode() -> Iterator[None]:
+    """Adapters load and unload as ordinary (autograd-free) tensors even when a generation runs in
+    ``torch.inference_mode``: an inference tensor left in a module breaks the next peft injection."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
+def _vector_tokens(token: str, count: int) -> list[str]:
+    """diffusers' names for a multi-vector embedding's tokens: ``<t>``, ``<t>_1``, ..."""
+    return [token] + [f"{token}_{i}" for i in range(1, count)]
 
 
 def _token(name: str) -> str:

@@ -41,18 +41,23 @@ def make_lora(
     text_encoders: bool = True,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """A random LoRA for ``components``: diffusers/peft keys, or kohya-ss keys with ``alpha``."""
+    """A random LoRA for ``components``: diffusers/peft keys, or kohya-ss keys with ``alpha`` (``kohya-sgm``:
+    UNet layers under their SGM names, ``input_blocks_4_1_...``, as sd-scripts writes SDXL LoRAs)."""
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
+    sgm_names: dict[str, dict[str, str]] = {}
     for full, (part, layer) in lora_layers(components, text_encoders=text_encoders).items():
         down = torch.randn(rank, layer.in_features, generator=generator) * scale
         up = torch.randn(layer.out_features, rank, generator=generator) * scale
         if fmt == "diffusers":
             tensors[f"{full}.lora_A.weight"] = down
             tensors[f"{full}.lora_B.weight"] = up
-        elif fmt == "kohya":
+        elif fmt in ("kohya", "kohya-sgm"):
             prefix = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}[part]
-            flat = prefix + "_" + full.split(".", 1)[1].replace(".", "_")
+            module = full.split(".", 1)[1]
+            if fmt == "kohya-sgm" and part == "unet":
+                module = sgm_names.setdefault("map", _sgm_unet_names(components))[module]
+            flat = prefix + "_" + module.replace(".", "_")
             tensors[f"{flat}.lora_down.weight"] = down
             tensors[f"{flat}.lora_up.weight"] = up
             tensors[f"{flat}.alpha"] = torch.tensor(float(alpha if alpha is not None else rank))
@@ -61,6 +66,20 @@ def make_lora(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=metadata)
     return path
+
+
+def _sgm_unet_names(components) -> dict[str, str]:
+    """diffusers UNet module name -> SGM module name, read off ssdxl's single-file converter (a rename keeps
+    the tensor object, so the two names of one weight are found by identity)."""
+    from ssdxl.models.sgm import UNET_PREFIX, sgm_from_components
+
+    state = {name: module.state_dict() for name, module in components.modules().items()}
+    by_tensor = {id(t): key for key, t in sgm_from_components(state).items() if key.startswith(UNET_PREFIX)}
+    names = {}
+    for key, tensor in state["unet"].items():
+        if key.endswith(".weight") and id(tensor) in by_tensor:
+            names[key.removesuffix(".weight")] = by_tensor[id(tensor)].removeprefix(UNET_PREFIX).removesuffix(".weight")
+    return names
 
 
 def make_embedding(components, path: Path, *, vectors: int = 2, seed: int = 0, one_tower: bool = False) -> Path:

@@ -24,15 +24,41 @@ ModelOption = Annotated[
 RefinerOption = Annotated[
     list[str] | None, typer.Option("--refiner", help="NAME=PATH: a refiner for the registered model NAME; repeatable.")
 ]
+LoraDirOption = Annotated[
+    list[Path] | None,
+    typer.Option("--lora-dir", help="Folder of LoRAs clients may name (loras field, <lora:name:w>); repeatable."),
+]
+EmbeddingDirOption = Annotated[
+    list[Path] | None,
+    typer.Option("--embedding-dir", help="Folder of embeddings prompts may name; repeatable."),
+]
+ModelLoraOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-lora",
+        help="NAME=PATH[:WEIGHT]: a LoRA every job for model NAME gets (e.g. an LCM LoRA); repeatable.",
+    ),
+]
 
 
-def _config(data: Path | None, model: list[str] | None, refiner: list[str] | None, **settings):
-    from ssdxl.server.config import ServerConfig, default_data_dir, parse_specs
+def _config(
+    data: Path | None,
+    model: list[str] | None,
+    refiner: list[str] | None,
+    lora_dir: list[Path] | None = None,
+    embedding_dir: list[Path] | None = None,
+    model_lora: list[str] | None = None,
+    **settings,
+):
+    from ssdxl.server.config import ServerConfig, default_data_dir, parse_model_loras, parse_specs
 
     return ServerConfig(
         data_dir=data or default_data_dir(),
         models=parse_specs(model or [], "--model"),
         refiners=parse_specs(refiner or [], "--refiner"),
+        lora_dirs=list(lora_dir or []),
+        embedding_dirs=list(embedding_dir or []),
+        model_loras=parse_model_loras(model_lora or []),
         **settings,
     )
 
@@ -40,6 +66,9 @@ def _config(data: Path | None, model: list[str] | None, refiner: list[str] | Non
 def serve(
     model: ModelOption = None,
     refiner: RefinerOption = None,
+    lora_dir: LoraDirOption = None,
+    embedding_dir: EmbeddingDirOption = None,
+    model_lora: ModelLoraOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the server.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
     data: DataOption = None,
@@ -55,7 +84,8 @@ def serve(
         str | None, typer.Option("--public-url", help="Base of links handed out (behind a proxy).")
     ] = None,
 ) -> None:
-    """Serve the Segmind, AUTOMATIC1111 and OpenAI APIs, the jobs API and a web page."""
+    """Serve the Segmind, AUTOMATIC1111 and OpenAI APIs, the jobs API and a web page; LoRAs and embeddings from
+    --lora-dir / --embedding-dir by name."""
     import uvicorn
 
     from ssdxl.server.app import create_app
@@ -64,6 +94,9 @@ def serve(
         data,
         model,
         refiner,
+        lora_dir,
+        embedding_dir,
+        model_lora,
         redis_url=redis,
         device=device,
         dtype=dtype,
@@ -81,6 +114,9 @@ def worker(
     redis: Annotated[str, typer.Option("--redis", help="redis://HOST:PORT, as given to `ssdxl serve --redis`.")],
     model: ModelOption = None,
     refiner: RefinerOption = None,
+    lora_dir: LoraDirOption = None,
+    embedding_dir: EmbeddingDirOption = None,
+    model_lora: ModelLoraOption = None,
     data: DataOption = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
@@ -88,15 +124,27 @@ def worker(
     max_batch: Annotated[int, typer.Option("--max-batch")] = 8,
     burst: Annotated[bool, typer.Option("--burst", help="Exit when the queue is empty.")] = False,
 ) -> None:
-    """Run jobs for a server started with --redis; --data must be the server's (shared) folder."""
+    """Run jobs for a server started with --redis; --data must be the server's (shared) folder, and --model,
+    --refiner, --model-lora, --lora-dir and --embedding-dir should name what the server's do."""
     from ssdxl.server.dispatch import run_worker
     from ssdxl.server.registry import ModelRegistry
     from ssdxl.server.runner import Runner
     from ssdxl.server.storage import open_data
 
-    config = _config(data, model, refiner, device=device, dtype=dtype, threads=threads, max_batch=max_batch)
+    config = _config(
+        data,
+        model,
+        refiner,
+        lora_dir,
+        embedding_dir,
+        model_lora,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        max_batch=max_batch,
+    )
     store, storage = open_data(config)
-    registry = ModelRegistry(config.models, config.refiners, device=device, dtype=dtype)
+    registry = ModelRegistry.from_config(config)
     runner = Runner(store, storage, registry, max_batch=max_batch, lease=config.lease, threads=threads)
     typer.echo(f"ssdxl worker {runner.worker} serving {', '.join(registry.names())}", err=True)
     run_worker(runner, redis, burst=burst)

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ssdxl import __version__
-from ssdxl.server import errors, jobs_api, web
+from ssdxl.server import adapters, errors, jobs_api, web
 from ssdxl.server.auth import AuthMiddleware, KeyStore
 from ssdxl.server.config import ServerConfig
 from ssdxl.server.dialects import a1111, openai, segmind
@@ -30,7 +30,7 @@ native asynchronous jobs API (`/v2/jobs`). See docs/server.md."""
 
 def create_app(config: ServerConfig) -> FastAPI:
     store, storage = open_data(config)
-    registry = ModelRegistry(config.models, config.refiners, device=config.device, dtype=config.dtype)
+    registry = ModelRegistry.from_config(config)
     if config.redis_url:
         dispatch = RedisDispatch(store, config.redis_url, poll=config.poll)
     else:
@@ -48,7 +48,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="ssdxl", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = JobService(store, storage, registry, dispatch, config)
     errors.install(app)
-    for router in (segmind.router, a1111.router, openai.router, jobs_api.router, web.router):
+    for router in (segmind.router, a1111.router, openai.router, jobs_api.router, adapters.router, web.router):
         app.include_router(router)
     app.add_middleware(AuthMiddleware, keys=KeyStore(store.db), storage=storage)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)

@@ -1,4 +1,5 @@
-"""Server settings, and the ``NAME=PATH`` model specs ``ssdxl serve`` and ``ssdxl worker`` accept."""
+"""Server settings, and the ``NAME=PATH`` model (and ``NAME=PATH[:WEIGHT]`` model LoRA) specs ``ssdxl serve`` and
+``ssdxl worker`` accept."""
 
 from __future__ import annotations
 
@@ -19,13 +20,38 @@ def default_data_dir() -> Path:
 
 def parse_specs(specs: list[str], option: str) -> dict[str, str]:
     """``["ssd-1b=/models/ssd1b", ...]`` as ``{"ssd-1b": "/models/ssd1b"}``."""
-    parsed: dict[str, str] = {}
+    return dict(_pairs(specs, option, "NAME=PATH"))
+
+
+def parse_model_loras(specs: list[str], option: str = "--model-lora") -> dict[str, list[tuple[str, float]]]:
+    """``["vega-rt=/loras/VegaRT.safetensors:0.9", ...]`` as ``{"vega-rt": [("/loras/VegaRT.safetensors", 0.9)]}``;
+    a name given several times gets several LoRAs, in order; the weight defaults to 1."""
+    parsed: dict[str, list[tuple[str, float]]] = {}
+    for name, source in _pairs(specs, option, "NAME=PATH[:WEIGHT]"):
+        path, weight = source, 1.0
+        head, sep, tail = source.rpartition(":")
+        if sep and head and _is_number(tail):  # else a colon inside the path (C:\...), no weight
+            path, weight = head, float(tail)
+        parsed.setdefault(name, []).append((path, weight))
+    return parsed
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _pairs(specs: list[str], option: str, shape: str) -> list[tuple[str, str]]:
+    pairs = []
     for spec in specs:
         name, sep, source = spec.partition("=")
         if not sep or not name.strip() or not source.strip():
-            raise UserError(f"{option} must look like NAME=PATH, got {spec!r}")
-        parsed[name.strip()] = source.strip()
-    return parsed
+            raise UserError(f"{option} must look like {shape}, got {spec!r}")
+        pairs.append((name.strip(), source.strip()))
+    return pairs
 
 
 @dataclass
@@ -33,6 +59,9 @@ class ServerConfig:
     data_dir: Path = field(default_factory=default_data_dir)
     models: dict[str, str] = field(default_factory=dict)  # name -> folder, file or repo id
     refiners: dict[str, str] = field(default_factory=dict)  # model name -> refiner source
+    lora_dirs: list[Path] = field(default_factory=list)  # folders whose LoRAs clients may name
+    embedding_dirs: list[Path] = field(default_factory=list)  # folders whose embeddings prompts may name
+    model_loras: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # model name -> its own LoRAs
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None  # torch intra-op threads; None keeps torch's default

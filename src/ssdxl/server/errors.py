@@ -20,9 +20,10 @@ from ssdxl.errors import UserError
 class FieldError(UserError):
     """A request field that parsed but cannot be used (undecodable image, unknown scheduler...)."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str, *, status: int = 422):
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.status = status  # 422; 404 where the field names something this server does not serve
 
 
 def error_body(message: str, *, field: str | None = None, kind: str = "invalid_request_error") -> dict[str, Any]:
@@ -45,7 +46,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(FieldError)
     async def bad_field(_: Request, exc: FieldError) -> JSONResponse:
-        return error_response(422, str(exc), field=exc.field)
+        return error_response(exc.status, str(exc), field=exc.field)
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, exc: UserError) -> JSONResponse:

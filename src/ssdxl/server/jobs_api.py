@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from ssdxl.sampling.request import GenerationRequest
 from ssdxl.sampling.schedulers import scheduler_names
+from ssdxl.server.adapters import parse_loras
 from ssdxl.server.auth import request_key
 from ssdxl.server.schemas import JobRequest, JobView, ModelsView, decode_image
 from ssdxl.server.service import JobService
@@ -32,9 +33,10 @@ KEEPALIVE = 15.0  # seconds between comments that keep idle proxies from closing
 
 
 def to_generation_request(body: JobRequest) -> GenerationRequest:
-    fields = body.model_dump(exclude={"model", "init_image", "mask_image"})
+    fields = body.model_dump(exclude={"model", "init_image", "mask_image", "loras"})
     return GenerationRequest(
         **fields,
+        loras=parse_loras(body.loras),
         init_image=decode_image("init_image", body.init_image) if body.init_image else None,
         mask_image=decode_image("mask_image", body.mask_image) if body.mask_image else None,
     )

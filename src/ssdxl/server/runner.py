@@ -3,6 +3,10 @@
 The same runner works inside the server (``dispatch.LocalDispatch``) and in ``ssdxl worker``
 processes; the store is its only contact with the rest of the system, so progress, previews and
 cancellation behave the same in both. While it works, a heartbeat thread renews its claims.
+
+Preparing a job (``_prepare``) adds the LoRAs bound to its model name (``--model-lora``) and
+resolves it against the engine; whatever fails there (a LoRA made for another architecture, an
+embedding of the wrong width: ``Engine.resolve`` checks both) fails that job alone, before it joins a batch.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ssdxl.adapters.library import prompt_loras
 from ssdxl.errors import UserError
 from ssdxl.sampling.engine import Engine
 from ssdxl.sampling.request import GenerationRequest
@@ -93,7 +98,7 @@ class Runner:
             if job.model != candidates[0].model:
                 continue
             try:
-                request = engine.resolve(self.storage.load_request(job.request))
+                request = self._prepare(engine, job)
             except Exception:
                 if not items:
                     raise
@@ -103,6 +108,17 @@ class Runner:
                 items.append(_Item(job, request))
                 rows += request.samples
         return items
+
+    def _prepare(self, engine: Engine, job: Job) -> GenerationRequest:
+        """The stored request resolved for ``engine``: its model's own LoRAs first, then the ones it names."""
+        request = self.storage.load_request(job.request)
+        if prompt_loras(request.prompt)[1]:  # the server takes tags out when it accepts a job: never resolve one here
+            raise UserError("the stored prompt still holds a <lora:...> tag; submit the job again")
+        named = [(str(name), float(weight)) for name, weight in request.loras]
+        _known_to(engine, [name for name, _ in named], "lora")
+        _known_to(engine, [str(name) for name in request.embeddings], "embedding")
+        request.loras = [*self.registry.bound_loras(job.model), *named]
+        return engine.resolve(request)
 
     def _fail_alone(self, job: Job, exc: Exception) -> None:
         if not self.store.claim([job.id], self.worker, self.lease):
@@ -171,6 +187,19 @@ class Runner:
         finally:
             stop.set()
             thread.join()
+
+
+def _known_to(engine: Engine, names: list[str], kind: str) -> None:
+    """Stored requests name adapters from the folders (the server checked them); the engine's index of the same
+    folders may predate a file, so it is re-read once. A name never becomes a path here either."""
+    listed = engine.adapters.lora_names if kind == "lora" else engine.adapters.embedding_names
+    missing = [name for name in names if name not in listed()]
+    if missing:
+        engine.adapters.refresh()
+        missing = [name for name in missing if name not in listed()]
+    if missing:
+        label = "LoRA" if kind == "lora" else kind
+        raise UserError(f"{label} {missing[0]!r} is not in this runner's --{kind}-dir folders (removed since?)")
 
 
 def _describe(exc: Exception) -> str:

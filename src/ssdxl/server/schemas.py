@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -44,6 +44,17 @@ Samples = Annotated[int, Field(ge=1, le=MAX_SAMPLES)]
 Strength = Annotated[float, Field(gt=0, le=1)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 SchedulerName = Annotated[str, AfterValidator(_known_scheduler), Field(description="e.g. Euler, 'DPM++ 2M Karras'")]
+PromptSyntax = Annotated[
+    Literal["a1111", "compel"], Field(description="prompt weighting: a1111 '(word:1.2)' or compel 'word++'")
+]
+Loras = Annotated[
+    list[Any],
+    Field(
+        description='LoRAs by name (GET /v2/loras) and weight (-10..10): [{"name": "style", "weight": 0.8}] or '
+        '[["style", 0.8]]; <lora:name:weight> in the prompt adds more',
+        examples=[[{"name": "style", "weight": 0.8}]],
+    ),
+]
 
 
 def decode_image(field: str, data: str | bytes) -> Image.Image:
@@ -100,6 +111,8 @@ class JobRequest(BaseModel):
     refiner: bool = False
     high_noise_fraction: Fraction = 0.8
     guidance_cutoff: Annotated[float, Field(ge=0, le=1)] = 1.0
+    loras: Loras = []
+    prompt_syntax: PromptSyntax = "a1111"
 
 
 class ImageLink(BaseModel):

@@ -1,8 +1,10 @@
 """The one job path: every dialect turns its request into a ``GenerationRequest`` and comes here.
 
-``submit`` checks the rate limit and the model, fixes a random seed (so a job re-run after a crash
-makes the same image), stores the request and wakes a runner; the synchronous dialects then
-``wait`` for the job and read its ``images``. Jobs are visible only to the key that made them.
+``submit`` checks the rate limit, the model and the LoRAs, embeddings and prompt weights the request
+names (``adapters.accept``: a bad one is this request's 422, never a failed batch), fixes a random
+seed (so a job re-run after a crash makes the same image), stores the request and wakes a runner;
+the synchronous dialects then ``wait`` for the job and read its ``images``. Jobs are visible only
+to the key that made them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from starlette.requests import Request
 
 from ssdxl.errors import UserError
 from ssdxl.sampling.request import GenerationRequest
+from ssdxl.server.adapters import accept
 from ssdxl.server.auth import ApiKey, RateLimiter
 from ssdxl.server.config import ServerConfig
 from ssdxl.server.errors import FieldError
@@ -64,6 +67,7 @@ class JobService:
         name = self.registry.check(model, refiner=request.refiner)
         if request.mask_image is not None and request.init_image is None:
             raise FieldError("mask_image", "a mask needs an init image to inpaint")
+        request = accept(request, self.registry.adapters)
         if request.seed == -1:
             request = dataclasses.replace(request, seed=secrets.randbelow(2**32))
         job_id = uuid.uuid4().hex

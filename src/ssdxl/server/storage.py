@@ -1,7 +1,8 @@
 """What a job keeps on disk: its input images and its result images, under the server's data folder.
 
 A request is stored as JSON with its images replaced by file names; results are PNGs carrying the
-same infotext and parameters ``ssdxl generate`` writes. Every file name is made here (job id,
+same infotext and parameters ``ssdxl generate`` writes, except that adapter files appear by name,
+not by the server's paths. Every file name is made here (job id,
 then ``init``/``mask`` or attempt and index) and checked against one pattern before it is served,
 so no name a client sends reaches the filesystem. Result links can be signed (HMAC, with an
 expiry) for clients that fetch them without a key, such as an OpenAI client following a ``url``.
@@ -9,6 +10,7 @@ expiry) for clients that fetch them without a key, such as an OpenAI client foll
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -66,7 +68,7 @@ class Storage:
         saved = []
         for i, generated in enumerate(images):
             name = f"{job_id}-a{attempt}-{i}.png"
-            save_image(generated, self.root / name)
+            save_image(dataclasses.replace(generated, params=_without_paths(generated.params)), self.root / name)
             saved.append({"file": name, "seed": generated.seed, "infotext": generated.infotext})
         return saved
 
@@ -94,6 +96,16 @@ class Storage:
 
     def _signature(self, name: str, expires: int) -> str:
         return hmac.new(self.secret, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def _without_paths(params: dict[str, Any]) -> dict[str, Any]:
+    """Result parameters with LoRA and embedding files by name: clients get images, not the server's layout."""
+    params = dict(params)
+    if params.get("loras"):
+        params["loras"] = [(Path(path).stem, weight) for path, weight in params["loras"]]
+    if params.get("embeddings"):
+        params["embeddings"] = [Path(path).stem for path in params["embeddings"]]
+    return params
 
 
 def open_data(config: ServerConfig) -> tuple[JobStore, Storage]:

@@ -6,7 +6,8 @@ model's defaults rather than A1111's 512x512/50 steps, which SDXL-family models 
 A1111 features this engine does not have (hires fix, face restoration, tiling, scripts) are
 refused with a 422 naming the field instead of being silently skipped. The model is chosen per
 key with ``POST /sdapi/v1/options {"sd_model_checkpoint": NAME}`` or per request with
-``override_settings``.
+``override_settings``. LoRAs are called as in A1111, with ``<lora:name:weight>`` in the prompt, and
+listed by ``GET /sdapi/v1/loras``; embeddings by writing their name (``GET /sdapi/v1/embeddings``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from ssdxl.errors import UserError
 from ssdxl.sampling.request import GenerationRequest
 from ssdxl.sampling.schedulers import SAMPLERS, resolve_scheduler, scheduler_names
+from ssdxl.server.adapters import embedding_facts, lora_facts
 from ssdxl.server.auth import ApiKey, request_key
 from ssdxl.server.errors import FieldError
 from ssdxl.server.schemas import (
@@ -243,3 +245,43 @@ async def set_options(body: OptionsUpdate, request: Request) -> dict[str, Any]:
         name = service.registry.check(body.sd_model_checkpoint, field="sd_model_checkpoint")
         service.store.set_meta(_model_setting(request_key(request)), name)
     return {}
+
+
+A1111_LORA_METADATA = ("hash", "format", "rank", "parts", "base_model", "few_step", "error")
+
+
+@router.get("/loras")
+async def loras(request: Request) -> list[dict[str, Any]]:
+    """The LoRAs ``<lora:name:weight>`` may call, in A1111's shape; ``path`` is the file name only."""
+    listed = []
+    for facts in lora_facts(request.app.state.service.registry.adapters):
+        name = facts.pop("name")
+        metadata = {k: facts[k] for k in A1111_LORA_METADATA if k in facts}
+        listed.append({"name": name, "alias": name, "path": facts.get("file", name), "metadata": metadata})
+    return listed
+
+
+@router.post("/refresh-loras")
+async def refresh_loras(request: Request) -> None:
+    """Re-read the LoRA folders (A1111's button next to the Lora tab)."""
+    request.app.state.service.registry.refresh_adapters()
+
+
+@router.get("/embeddings")
+async def embeddings(request: Request) -> dict[str, dict[str, Any]]:
+    """Embeddings in A1111's shape: ``shape`` is the width of a vector (both text encoders' together for SDXL files);
+    files that cannot be read are under ``skipped``."""
+    loaded, skipped = {}, {}
+    for facts in embedding_facts(request.app.state.service.registry.adapters):
+        entry = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None}
+        if "error" in facts:
+            skipped[facts["name"]] = {**entry, "shape": None, "vectors": None}
+            continue
+        loaded[facts["name"]] = {**entry, "shape": sum(facts["widths"].values()), "vectors": facts["vectors"]}
+    return {"loaded": loaded, "skipped": skipped}
+
+
+@router.post("/refresh-embeddings")
+async def refresh_embeddings(request: Request) -> None:
+    """Re-read the embedding folders."""
+    request.app.state.service.registry.refresh_adapters()

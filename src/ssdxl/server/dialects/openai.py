@@ -4,8 +4,9 @@ The ``openai`` package works unchanged with ``OpenAI(base_url="http://HOST:PORT/
 ``model`` is a model name of this server; OpenAI's own names (dall-e-3, gpt-image-1...) mean the
 default model. ``b64_json`` answers carry the image; ``url`` answers a signed link to this server.
 ``quality``, ``style``, ``user`` and the like are accepted and ignored. ssdxl's own settings
-(``negative_prompt``, ``seed``, ``steps``, ``guidance_scale``, ``scheduler``) can be sent too, e.g.
-through the package's ``extra_body``. In edits, as in OpenAI's API, the mask's fully transparent
+(``negative_prompt``, ``seed``, ``steps``, ``guidance_scale``, ``scheduler``, ``loras``,
+``prompt_syntax``) can be sent too, e.g. through the package's ``extra_body``; ``<lora:name:weight>``
+in the prompt works in both endpoints. In edits, as in OpenAI's API, the mask's fully transparent
 pixels (else the image's own) mark where to paint; without transparency an edit is img2img.
 """
 
@@ -21,6 +22,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from ssdxl.sampling.request import GenerationRequest
+from ssdxl.server.adapters import parse_loras
 from ssdxl.server.auth import request_key
 from ssdxl.server.errors import FieldError
 from ssdxl.server.schemas import (
@@ -28,8 +30,10 @@ from ssdxl.server.schemas import (
     MAX_SAMPLES,
     MAX_STEPS,
     Guidance,
+    Loras,
     NegativePrompt,
     Prompt,
+    PromptSyntax,
     SchedulerName,
     Seed,
     Steps,
@@ -58,6 +62,8 @@ class ImageGenerationRequest(BaseModel):
     steps: Steps | None = None
     guidance_scale: Guidance | None = None
     scheduler: SchedulerName | None = None
+    loras: Loras = []
+    prompt_syntax: PromptSyntax = "a1111"
 
 
 class ImageData(BaseModel):
@@ -84,6 +90,8 @@ def to_generation_request(body: ImageGenerationRequest) -> GenerationRequest:
         scheduler=body.scheduler,
         seed=body.seed,
         samples=body.n,
+        loras=parse_loras(body.loras),
+        prompt_syntax=body.prompt_syntax,
     )
 
 

@@ -4,6 +4,12 @@ The seeds' client code posts Segmind's fields (numbers often as strings) and ope
 ``response.content`` with PIL; with ``"base64": true`` the answer is ``{"image": <base64>}``.
 ``refiner`` is honoured when the model was registered with one (``--refiner NAME=PATH``) and
 otherwise ignored, as SDXL clients send it by default; ``image`` + ``strength`` make it img2img.
+ssdxl adds ``loras`` and ``prompt_syntax``; ``<lora:name:weight>`` in the prompt works too.
+
+``POST /v1/segmind-vega-rt-v1`` is Segmind's Vega RT (Vega with its LCM LoRA) with that API's own
+fields and 4-step default. It is served when the server has a model of that name, e.g.
+``--model segmind-vega-rt-v1=./vega --model-lora segmind-vega-rt-v1=./VegaRT.safetensors``: the LoRA
+is bound to the name, so the base model is loaded once and shared with the plain Vega name.
 """
 
 from __future__ import annotations
@@ -18,12 +24,16 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from ssdxl.sampling.request import GenerationRequest
+from ssdxl.server.adapters import parse_loras
 from ssdxl.server.auth import request_key
+from ssdxl.server.errors import FieldError
 from ssdxl.server.schemas import (
     Fraction,
     Guidance,
+    Loras,
     NegativePrompt,
     Prompt,
+    PromptSyntax,
     SchedulerName,
     Seed,
     Side,
@@ -34,6 +44,9 @@ from ssdxl.server.schemas import (
 from ssdxl.server.service import JobService, StoredImage
 
 router = APIRouter(tags=["Segmind"])
+
+VEGA_RT = "segmind-vega-rt-v1"
+VEGA_RT_STEPS = 4  # Segmind's default and minimum for Vega RT; an LCM runs without CFG
 
 
 class SegmindRequest(BaseModel):
@@ -52,6 +65,21 @@ class SegmindRequest(BaseModel):
     high_noise_fraction: Fraction = 0.8
     strength: Strength | None = Field(None, description="img2img strength, used with image")
     image: str | None = Field(None, description="base64 init image (img2img)")
+    loras: Loras = []
+    prompt_syntax: PromptSyntax = "a1111"
+
+
+class VegaRTRequest(BaseModel):
+    """Segmind's Vega RT fields: a few-step (LCM) model, so no scheduler or guidance to choose."""
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    num_inference_steps: Annotated[int, Field(ge=4, le=10)] = VEGA_RT_STEPS
+    seed: Seed = -1
+    img_width: Side | None = None
+    img_height: Side | None = None
+    samples: Annotated[int, Field(ge=1, le=4)] = 1
+    base64: bool = False
 
 
 def to_generation_request(body: SegmindRequest, *, refiner_available: bool) -> GenerationRequest:
@@ -69,6 +97,8 @@ def to_generation_request(body: SegmindRequest, *, refiner_available: bool) -> G
         strength=body.strength if body.image else None,
         refiner=body.refiner and refiner_available,
         high_noise_fraction=body.high_noise_fraction,
+        loras=parse_loras(body.loras),
+        prompt_syntax=body.prompt_syntax,
     )
 
 
@@ -79,18 +109,48 @@ def _jpeg(image: StoredImage) -> bytes:
     return buffer.getvalue()
 
 
-@router.post(
-    "/v1/{model}",
-    responses={200: {"content": {"image/jpeg": {}}, "description": "the image, or JSON with base64: true"}},
-)
+IMAGE_RESPONSES = {200: {"content": {"image/jpeg": {}}, "description": "the image, or JSON with base64: true"}}
+
+
+@router.post(f"/v1/{VEGA_RT}", responses=IMAGE_RESPONSES)
+async def vega_rt(body: VegaRTRequest, request: Request) -> Response:
+    """Segmind's Vega RT: Vega with its LCM LoRA, 4 steps by default; served when the server has a model of this
+    name (``--model segmind-vega-rt-v1=VEGA --model-lora segmind-vega-rt-v1=VegaRT.safetensors``)."""
+    service: JobService = request.app.state.service
+    if VEGA_RT not in service.registry.sources:
+        message = (
+            f"unknown model {VEGA_RT!r}; this server has: {', '.join(service.registry.names())} "
+            f"(serve it with --model {VEGA_RT}=PATH --model-lora {VEGA_RT}=LCM_LORA)"
+        )
+        raise FieldError("model", message, status=404)
+    generation = GenerationRequest(
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        width=body.img_width,
+        height=body.img_height,
+        steps=body.num_inference_steps,
+        guidance_scale=1.0,  # a latent-consistency model: no classifier-free guidance
+        scheduler="LCM",
+        seed=body.seed,
+        samples=body.samples,
+    )
+    images = await service.run(generation, model=VEGA_RT, caller=request_key(request))
+    return _answer(images, base64_json=body.base64)
+
+
+@router.post("/v1/{model}", responses=IMAGE_RESPONSES)
 async def generate(model: str, body: SegmindRequest, request: Request) -> Response:
     """Generate with a model by name, e.g. ``/v1/ssd-1b``; the first image comes back as JPEG bytes."""
     service: JobService = request.app.state.service
     model = service.registry.check(model)
     generation = to_generation_request(body, refiner_available=service.registry.has_refiner(model))
     images = await service.run(generation, model=model, caller=request_key(request))
+    return _answer(images, base64_json=body.base64)
+
+
+def _answer(images: list[StoredImage], *, base64_json: bool) -> Response:
     headers = {"X-Seed": str(images[0].seed)}
-    if body.base64:
+    if base64_json:
         encoded = [base64.b64encode(_jpeg(image)).decode() for image in images]
         seeds = [image.seed for image in images]
         return JSONResponse({"image": encoded[0], "images": encoded, "seeds": seeds}, headers=headers)

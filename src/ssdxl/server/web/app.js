@@ -2,6 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const LORA_WEIGHT = { min: -1, max: 2, step: 0.05 }; // the picker's range; the API takes -10..10
 let following = null; // { job id, EventSource } while a job is followed
 
 async function api(path, options = {}) {
@@ -25,6 +26,68 @@ async function loadModels() {
   const info = await api("/v2/models");
   for (const name of info.models) $("model").add(new Option(name, name, false, name === info.default));
   for (const name of info.schedulers) $("scheduler").add(new Option(name, name));
+}
+
+async function loadAdapters() {
+  const [loras, embeddings] = await Promise.all([api("/v2/loras"), api("/v2/embeddings")]);
+  const usable = loras.filter((lora) => !lora.error);
+  for (const lora of usable) {
+    const notes = [lora.few_step, lora.base_model].filter(Boolean).join(", ");
+    $("lora-choice").add(new Option(notes ? `${lora.name} (${notes})` : lora.name, lora.name));
+  }
+  for (const embedding of embeddings.filter((e) => !e.error)) {
+    const chip = document.createElement("button");
+    chip.type = "button";
+    chip.className = "chip";
+    chip.textContent = embedding.name;
+    chip.title = `${embedding.vectors} vector(s): click to add to the prompt`;
+    chip.addEventListener("click", () => appendWord($("prompt"), embedding.name));
+    $("embeddings").append(chip);
+  }
+  $("lora-picker").hidden = usable.length === 0;
+  $("embeddings-hint").hidden = $("embeddings").childElementCount === 0;
+  $("adapters").hidden = $("lora-picker").hidden && $("embeddings-hint").hidden;
+}
+
+function appendWord(textarea, word) {
+  const text = textarea.value.trimEnd();
+  textarea.value = text ? `${text}, ${word}` : word;
+  textarea.focus();
+}
+
+function weightInput(type, value, label) {
+  const input = document.createElement("input");
+  Object.assign(input, { type, ...LORA_WEIGHT, value }); // the range before the value, which it clamps
+  input.setAttribute("aria-label", label);
+  return input;
+}
+
+function addLora(name, weight = 1) {
+  if (!name || [...$("loras").children].some((item) => item.dataset.name === name)) return;
+  const item = document.createElement("li");
+  item.dataset.name = name;
+  const label = document.createElement("span");
+  label.className = "lora-name";
+  label.textContent = name;
+  label.title = name;
+  const slider = weightInput("range", weight, `${name} weight (slider)`);
+  const number = weightInput("number", weight, `${name} weight`);
+  slider.addEventListener("input", () => (number.value = slider.value));
+  number.addEventListener("input", () => (slider.value = number.value));
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.textContent = "Remove";
+  remove.setAttribute("aria-label", `remove ${name}`);
+  remove.addEventListener("click", () => item.remove());
+  item.append(label, slider, number, remove);
+  $("loras").append(item);
+}
+
+function chosenLoras() {
+  return [...$("loras").children].map((item) => ({
+    name: item.dataset.name,
+    weight: Number(item.querySelector("input[type=number]").value),
+  }));
 }
 
 function addToGallery(job, atStart = true) {
@@ -100,6 +163,7 @@ async function generate(event) {
     steps: numberOrNull("steps"),
     guidance_scale: numberOrNull("guidance"),
     seed: numberOrNull("seed") ?? -1,
+    loras: chosenLoras(),
   };
   setBusy(true);
   $("preview").hidden = true;
@@ -122,4 +186,5 @@ async function cancel() {
 
 $("form").addEventListener("submit", generate);
 $("cancel").addEventListener("click", cancel);
-Promise.all([loadModels(), loadGallery()]).catch((error) => showError(error.message));
+$("lora-add").addEventListener("click", () => addLora($("lora-choice").value));
+Promise.all([loadModels(), loadAdapters(), loadGallery()]).catch((error) => showError(error.message));
