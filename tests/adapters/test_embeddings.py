@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_lora import SETTINGS, assert_same_image, ours
+from test_lora import SETTINGS, assert_same_image, ours, theirs
 
 from ssdxl.adapters.synthetic import make_embedding
 from ssdxl.errors import UserError
@@ -14,28 +14,19 @@ from ssdxl.sampling.request import GenerationRequest
 
 
 def diffusers_with_embedding(folder, file, prompt: str, negative: str = "") -> np.ndarray:
-    from diffusers import StableDiffusionXLPipeline
+    """Stock diffusers with the file's two towers loaded by ``load_textual_inversion`` as ``<mytok>``."""
     from safetensors.torch import load_file
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
     state = load_file(file)
-    pipe.load_textual_inversion(
-        state["clip_l"], token="<mytok>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
-    )
-    pipe.load_textual_inversion(
-        state["clip_g"], token="<mytok>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
-    )
-    out = pipe(
-        prompt,
-        negative_prompt=negative or None,
-        num_inference_steps=SETTINGS["steps"],
-        guidance_scale=SETTINGS["guidance_scale"],
-        height=64,
-        width=64,
-        generator=torch.Generator("cpu").manual_seed(SETTINGS["seed"]),
-    )
-    return np.asarray(out.images[0], dtype=np.int16)
+
+    def load(pipe) -> None:
+        for key, encoder, tokenizer in (
+            ("clip_l", pipe.text_encoder, pipe.tokenizer),
+            ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2),
+        ):
+            pipe.load_textual_inversion(state[key], token="<mytok>", text_encoder=encoder, tokenizer=tokenizer)
+
+    return theirs(folder, [], prompt, negative, prepare=load)
 
 
 def test_embedding_matches_stock_diffusers_in_prompt_and_negative(engine, tiny_dir, adapter_dirs):

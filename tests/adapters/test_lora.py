@@ -21,8 +21,8 @@ def ours(engine, prompt="a red circle", **extra) -> np.ndarray:
     return np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
 
 
-def theirs(folder, loras: list[tuple[str, float]], prompt="a red circle", negative="") -> np.ndarray:
-    """Stock diffusers on the same folder: ``load_lora_weights`` + ``set_adapters``."""
+def theirs(folder, loras: list[tuple[str, float]], prompt="a red circle", negative="", prepare=None) -> np.ndarray:
+    """Stock diffusers on the same folder: ``load_lora_weights`` + ``set_adapters`` (or ``prepare(pipe)``)."""
     from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline.from_pretrained(folder, dtype=torch.float32, **tokenizers())
@@ -31,6 +31,8 @@ def theirs(folder, loras: list[tuple[str, float]], prompt="a red circle", negati
         pipe.load_lora_weights(str(path), adapter_name=f"a{i}")
     if loras:
         pipe.set_adapters([f"a{i}" for i in range(len(loras))], adapter_weights=[w for _, w in loras])
+    if prepare is not None:
+        prepare(pipe)
     out = pipe(
         prompt,
         negative_prompt=negative or None,
@@ -114,9 +116,11 @@ def test_batches_share_a_lora_set_and_results_equal_solo_runs(engine, adapter_di
 
 
 def test_an_sdxl_lora_on_vega_applies_where_layers_exist_and_counts_the_rest(engine, adapter_dirs):
-    info = engine.adapters.lora(str(adapter_dirs[0] / "made_for_sdxl.safetensors"))
-    patched, skipped = engine.patcher.load(info)
+    lora = str(adapter_dirs[0] / "made_for_sdxl.safetensors")
+    patched, skipped = engine.patcher.load(engine.adapters.lora(lora))
     assert patched > 0 and skipped > 0
+    params = engine.generate(GenerationRequest("x", **SETTINGS, loras=[(lora, 1.0)])).images[0].params
+    assert params["lora_layers"] == {"made_for_sdxl": {"patched": patched, "skipped": skipped}}
 
 
 def test_loras_that_cannot_apply_are_one_line_errors(engine, tiny_dir, tmp_path):

@@ -4,29 +4,10 @@ tests/conditioning/test_syntax.py tests the parser in both syntaxes.
 """
 
 import numpy as np
-import pytest
 import torch
 
 from ssdxl.conditioning.prompt import encode_text
-from ssdxl.conditioning.weighting import parse_prompt
 from ssdxl.sampling.request import GenerationRequest
-
-
-@pytest.mark.parametrize(
-    ("prompt", "expected"),
-    [
-        ("a red circle", [("a red circle", 1.0)]),
-        ("a (red) circle", [("a ", 1.0), ("red", 1.1), (" circle", 1.0)]),
-        ("a (red:1.5) circle", [("a ", 1.0), ("red", 1.5), (" circle", 1.0)]),
-        ("[blurry]", [("blurry", 1 / 1.1)]),
-        ("((red))", [("red", pytest.approx(1.21))]),
-        (r"a \(literal\) Big BREAKFAST", [("a (literal) Big BREAKFAST", 1.0)]),
-        ("(a BREAK b)", [("a ", 1.1), ("BREAK", None), (" b", 1.1)]),
-        ("time: 5 (x:0.5)", [("time: 5 ", 1.0), ("x", 0.5)]),
-    ],
-)
-def test_parse_prompt(prompt, expected):
-    assert parse_prompt(prompt) == expected
 
 
 def _reference(components, prompt):

@@ -31,6 +31,7 @@ from ssdxl.errors import UserError
 from ssdxl.models.components import Components
 
 PARTS = ("unet", "text_encoder", "text_encoder_2")
+MAX_LORAS = 16  # per request, and resident at once: a request's set always fits
 NO_MATCH = "LoRA {name} matches no layer of this model: it was made for another architecture"
 TOWERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
 _LORA_SUFFIX = re.compile(r"\.(lora(_linear_layer)?\.(down|up)|lora_[AB]|lora_magnitude_vector)(\.\w+)*$|\.alpha$")
@@ -47,7 +48,7 @@ class PatchReport:
 class AdapterPatcher:
     """Owns the adapters resident in one loaded model (the engine's base model)."""
 
-    def __init__(self, components: Components, max_resident: int = 8):
+    def __init__(self, components: Components, max_resident: int = MAX_LORAS):
         self.components = components
         self.max_resident = max_resident
         self._resident: OrderedDict[str, tuple[int, int]] = OrderedDict()  # adapter -> (patched, skipped)

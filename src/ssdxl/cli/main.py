@@ -258,6 +258,13 @@ def generate(
     elif not quiet:
         for path, g in zip(saved, result.images, strict=True):
             typer.echo(f"{path}  seed {g.seed}")
+        for name, layers in result.images[0].params.get("lora_layers", {}).items():
+            if layers["skipped"]:
+                typer.echo(
+                    f"note: LoRA {name} patched {layers['patched']} layers; {layers['skipped']} of the layers it "
+                    "names are not in this model (made for a larger one, e.g. SDXL on SSD-1B/Vega)",
+                    err=True,
+                )
 
 
 def parse_lora_option(text: str) -> tuple[str, float]:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from ssdxl import __version__
 from ssdxl.adapters.library import AdapterLibrary, prompt_loras
-from ssdxl.adapters.patching import AdapterPatcher
+from ssdxl.adapters.patching import MAX_LORAS, AdapterPatcher
 from ssdxl.conditioning.prompt import Conditioning, empty_like, encode_text, micro_conditioning
 from ssdxl.conditioning.weighting import parse_prompt
 from ssdxl.errors import UserError
@@ -148,6 +148,8 @@ class Engine:
         checked file paths; a few-step LoRA brings its sampler, steps and guidance unless they are set."""
         r.prompt, tagged = prompt_loras(r.prompt)
         infos = [(self.adapters.lora(str(ref)), float(weight)) for ref, weight in [*r.loras, *tagged]]
+        if len(infos) > MAX_LORAS:
+            raise UserError(f"at most {MAX_LORAS} LoRAs a request; got {len(infos)}")
         for info, _ in infos:
             self.patcher.load(info)  # a LoRA for another architecture fails now, alone
         r.loras = [(str(info.path), weight) for info, weight in infos]
@@ -313,18 +315,22 @@ class Engine:
                 "dtype": dtype_name(self.dtype),
                 "device": self.device.type,
                 "backend": self.runtime.unet_path(self.base.components.unet, r.cache_interval, bool(r.loras)),
-                **self._adapter_hashes(r),
+                **self._adapter_records(r),
             }
             info = build_infotext(params, model_name=self.model_name, model_hash=self.base.hash, version=__version__)
             images.append(GeneratedImage(image=image, seed=row.seed, infotext=info, params=params))
         return images
 
-    def _adapter_hashes(self, r: GenerationRequest) -> dict[str, dict[str, str]]:
-        """Each adapter's name and file hash, as A1111 records them (``--from-png`` checks them)."""
+    def _adapter_records(self, r: GenerationRequest) -> dict[str, dict]:
+        """Each adapter's name and file hash, as A1111 records them (``--from-png`` checks them), and for each
+        LoRA the layers it patched and the ones it names that this model lacks (an SDXL LoRA on Vega)."""
         loras = [self.adapters.lora(path) for path, _ in r.loras]
         embeddings = [self.adapters.embedding(path) for path in r.embeddings]
         return {
             "lora_hashes": {a.name: a.hash for a in loras},
+            "lora_layers": {
+                a.name: dict(zip(("patched", "skipped"), self.patcher.load(a), strict=True)) for a in loras
+            },
             "embedding_hashes": {a.name: a.hash for a in embeddings},
         }
 

@@ -21,12 +21,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ssdxl.adapters.library import AdapterLibrary, prompt_loras
+from ssdxl.adapters.patching import MAX_LORAS
 from ssdxl.errors import UserError
 from ssdxl.sampling.request import GenerationRequest
 from ssdxl.server.errors import FieldError
 
 MAX_LORA_WEIGHT = 10.0
-MAX_LORAS = 16  # per request: each is a set of extra matmuls in every patched layer
 
 router = APIRouter(tags=["Adapters"])
 
