@@ -2,7 +2,8 @@
 
 Answers carry ``images`` (base64 PNGs with the infotext chunk), ``parameters`` (the request echoed)
 and ``info`` (a JSON string with seed, all_seeds, infotexts). Sizes and steps left out take the
-model's defaults rather than A1111's 512x512/50 steps, which SDXL-family models draw badly.
+model's defaults rather than A1111's 512x512/50 steps, which SDXL-family models draw badly; a
+left-out ``cfg_scale`` is the model's too (1 with an LCM LoRA, which A1111's 7 would wreck).
 A1111 features this engine does not have (hires fix, face restoration, tiling, scripts) are
 refused with a 422 naming the field instead of being silently skipped. The model is chosen per
 key with ``POST /sdapi/v1/options {"sd_model_checkpoint": NAME}`` or per request with
@@ -64,7 +65,7 @@ class Txt2ImgRequest(BaseModel):
     batch_size: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = 1
     n_iter: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = 1
     steps: Steps | None = None
-    cfg_scale: Guidance = 7.0
+    cfg_scale: Guidance | None = Field(None, description="left out: the model's (an LCM LoRA's: 1)")
     width: Side | None = None
     height: Side | None = None
     refiner_checkpoint: str | None = None
