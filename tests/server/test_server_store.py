@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssdxl.server.auth import KeyStore, RateLimiter, parse_rate
+from ssdxl.server.auth import KeyStore, RateLimiter, parse_burst, parse_rate
 from ssdxl.server.config import ServerConfig
 from ssdxl.server.previews import SDXL_LATENT_RGB_BIAS, latent_preview
 from ssdxl.server.storage import open_data
@@ -109,6 +109,15 @@ def test_rate_limit_is_a_token_bucket(data):
     wait = limiter.retry_after(key)
     assert wait is not None and 0 < wait <= 30
     assert limiter.retry_after(None) is None
+
+
+def test_a_per_second_rate_bursts_its_own_count_not_a_minutes_worth(data):
+    store, _ = data
+    key, _ = KeyStore(store.db).add("api", parse_rate("2/s"), parse_burst("2/s"))
+    limiter = RateLimiter()
+    allowed = sum(limiter.retry_after(key) is None for _ in range(120))
+    assert allowed == 2  # it let 120 through when the bucket was a minute's worth
+    assert KeyStore(store.db).list()[0].burst == 2
 
 
 def test_stored_names_only_and_links_expire(data):

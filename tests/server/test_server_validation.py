@@ -53,7 +53,11 @@ def test_bad_fields_are_named(server, path, body, status, field):
     response = requests.post(f"{server.url}{path}", json=body)
     assert response.status_code == status, response.text
     error = response.json()
-    assert error["field"] == field and field in error["detail"] and error["error"]["message"] == error["detail"]
+    assert error["field"] == field and error["error"]["param"] == field and field in error["error"]["message"]
+    first = error["detail"][0]  # FastAPI's shape: a list of {loc, msg, type}
+    assert (
+        set(first) == {"loc", "msg", "type"} and first["loc"][-1] == field and first["msg"] in error["error"]["message"]
+    )
 
 
 def test_engine_user_errors_come_back_as_400(server):

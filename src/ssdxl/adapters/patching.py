@@ -120,14 +120,8 @@ class AdapterPatcher:
                             {token: vectors}, token=token, tokenizer=tokenizer, text_encoder=encoder
                         )
                         loaded.append((token, vectors.shape[0], tokenizer, encoder))
-            words = {e.name: " ".join(_vector_tokens(_token(e.name), e.length)) for e in embeddings}
-
-            def rewrite(prompt: str) -> str:
-                for name, tokens in words.items():
-                    prompt = name_pattern(name).sub(tokens, prompt)
-                return prompt
-
-            yield rewrite
+            tokens = embedding_tokens(embeddings)
+            yield lambda prompt: rewrite_names(prompt, tokens)
         finally:
             with outside_inference_mode():
                 for token, count, tokenizer, encoder in reversed(loaded):
@@ -222,6 +216,18 @@ def outside_inference_mode() -> Iterator[None]:
     ``torch.inference_mode``: an inference tensor left in a module breaks the next peft injection."""
     with torch.inference_mode(False), torch.no_grad():
         yield
+
+
+def embedding_tokens(embeddings: list[Embedding]) -> dict[str, list[str]]:
+    """The vocabulary entries each embedding's vectors get while it is loaded, by embedding name."""
+    return {e.name: _vector_tokens(_token(e.name), e.length) for e in embeddings}
+
+
+def rewrite_names(text: str, tokens: dict[str, list[str]]) -> str:
+    """``text`` with each embedding's name (or ``embedding:name``) replaced by its vector tokens."""
+    for name, vector_tokens in tokens.items():
+        text = name_pattern(name).sub(" ".join(vector_tokens), text)
+    return text
 
 
 def _vector_tokens(token: str, count: int) -> list[str]:

@@ -83,6 +83,14 @@ def serve(
     public_url: Annotated[
         str | None, typer.Option("--public-url", help="Base of links handed out (behind a proxy).")
     ] = None,
+    reset_store: Annotated[
+        bool,
+        typer.Option(
+            "--reset-store",
+            help="If the job store is damaged, move it aside (ssdxl.db.broken-<timestamp>) and start an empty one; "
+            "a healthy store is kept.",
+        ),
+    ] = False,
 ) -> None:
     """Serve the Segmind, AUTOMATIC1111 and OpenAI APIs, the jobs API and a web page; LoRAs and embeddings from
     --lora-dir / --embedding-dir by name."""
@@ -104,8 +112,9 @@ def serve(
         max_batch=max_batch,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         public_url=public_url,
+        reset_store=reset_store,
     )
-    app = create_app(config)
+    app = create_app(config)  # a damaged store: StoreDamaged, one line and exit code 2
     typer.echo(f"ssdxl serving {', '.join(app.state.service.registry.names())} on http://{host}:{port}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
@@ -150,15 +159,18 @@ def worker(
     run_worker(runner, redis, burst=burst)
 
 
-keys = typer.Typer(help="API keys: while any exists, every request but /health needs one.", no_args_is_help=True)
+keys = typer.Typer(
+    help="API keys: once one was added, every request but /health needs one (until `ssdxl keys open`).",
+    no_args_is_help=True,
+)
 
 
 def _key_store(data: Path | None):
     from ssdxl.server.auth import KeyStore
     from ssdxl.server.config import default_data_dir
-    from ssdxl.server.db import DB_FILE, Database
+    from ssdxl.server.storage import open_database
 
-    return KeyStore(Database((data or default_data_dir()) / DB_FILE))
+    return KeyStore(open_database(data or default_data_dir()))  # a damaged store is refused, never re-made
 
 
 @keys.command("add")
@@ -168,9 +180,10 @@ def keys_add(
     data: DataOption = None,
 ) -> None:
     """Make a key and print it (only now: the store keeps its hash)."""
-    from ssdxl.server.auth import parse_rate
+    from ssdxl.server.auth import parse_burst, parse_rate
 
-    key, token = _key_store(data).add(name, parse_rate(rate) if rate is not None else None)
+    limits = (parse_rate(rate), parse_burst(rate)) if rate is not None else (None, None)
+    key, token = _key_store(data).add(name, *limits)
     typer.echo(token)
     typer.echo(f"key {key.id} ({name}) added; store it now, it cannot be shown again", err=True)
 
@@ -190,7 +203,17 @@ def keys_remove(
     data: DataOption = None,
 ) -> None:
     """Remove a key; requests using it are refused from then on."""
-    removed = _key_store(data).remove(key)
+    store = _key_store(data)
+    removed = store.remove(key)
     if not removed:
         raise UserError(f"no key {key!r}")
     typer.echo(f"removed {removed} key(s)")
+    if not store.any():
+        typer.echo("no key is left: the server refuses every request until `ssdxl keys add` (or `ssdxl keys open`)")
+
+
+@keys.command("open")
+def keys_open(data: DataOption = None) -> None:
+    """Let the server answer without keys again (only once every key is removed)."""
+    _key_store(data).open_up()
+    typer.echo("keys are no longer required: every request is answered without one")

@@ -8,7 +8,10 @@ only the second tower. The six (base) or five (refiner) micro-conditioning numbe
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
@@ -75,6 +78,41 @@ def encode_text(components: Components, prompts: list[str], syntax: str = "a1111
         hidden.append(torch.cat(states))
         pooled = torch.cat(pooled_rows)
     return torch.cat(hidden, dim=-1), pooled
+
+
+def chunk_count(
+    components: Components, prompts: list[str], syntax: str = "a1111", single_tokens: Iterable[str] = ()
+) -> int:
+    """How many 77-token chunks ``encode_text(components, prompts, syntax)`` gives each prompt, by tokenizing only.
+
+    Conditioning of different chunk counts cannot share a batch, so ``Engine.batch_key`` compares this.
+    ``single_tokens`` are words the tokenizer will hold as one token each while encoding (the vectors of
+    textual-inversion embeddings, added to the vocabulary only then): each counts as one token here.
+    """
+    tokenizer = components.tokenizer if components.text_encoder is not None else components.tokenizer_2
+    words = sorted(set(single_tokens), key=len, reverse=True)
+    if words:
+        tokenizer = _WithWords(tokenizer, words)
+    return max(len(_chunks(tokenizer, parse_prompt(p, syntax))) for p in prompts)
+
+
+class _WithWords:
+    """A tokenizer that takes ``words`` as single tokens, splitting the text at them first as a tokenizer does
+    with the tokens added to its vocabulary (longest first)."""
+
+    def __init__(self, tokenizer, words: list[str]):
+        self.tokenizer = tokenizer
+        self.words = set(words)
+        self.split = re.compile("(" + "|".join(map(re.escape, words)) + ")")
+
+    def __call__(self, text: str, **kwargs) -> SimpleNamespace:
+        ids: list[int] = []
+        for piece in self.split.split(text):
+            if piece in self.words:
+                ids.append(self.tokenizer.unk_token_id or 0)
+            elif piece:
+                ids.extend(self.tokenizer(piece, **kwargs).input_ids)
+        return SimpleNamespace(input_ids=ids)
 
 
 def _chunks(tokenizer, fragments: list[tuple[str, float | None]]) -> list[list[tuple[int, float]]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -215,10 +216,13 @@ def load_single_file(path: Path, *, dtype: torch.dtype, allow_pickle: bool = Fal
 
     state, metadata = read_state_dict(path, allow_pickle=allow_pickle)
     if SGM_CONFIG_KEY in metadata:
-        preset = preset_from_metadata(metadata[SGM_CONFIG_KEY])
+        preset = preset_from_metadata(metadata[SGM_CONFIG_KEY], path.name)
     else:
         preset = get_preset(detect_preset(state.keys()))
-    components = build_components(preset, name=path.stem, empty=True)
+    try:
+        components = build_components(preset, name=path.stem, empty=True)
+    except Exception as exc:  # configs in bounds that still make no model (a width heads do not divide, ...)
+        raise UserError(f"{path.name}: its configs do not build a model: {_first_line(exc)}") from None
     state_dicts = components_from_sgm(state, preset.unet)
     for name, module in components.modules().items():
         if name not in state_dicts:
@@ -240,13 +244,109 @@ def load_single_file(path: Path, *, dtype: torch.dtype, allow_pickle: bool = Fal
     return components
 
 
-def preset_from_metadata(text: str) -> Preset:
-    """The configs ssdxl stores in the files it writes, so scaled or custom models load exactly."""
+def preset_from_metadata(text: str, source: str = "the file") -> Preset:
+    """The configs ssdxl stores in the files it writes, so scaled or custom models load exactly.
+
+    They come from a file, so every size in them is checked against ``CONFIG_LIMITS`` before a module
+    is built: a crafted file cannot make the loader allocate without bound."""
     try:
         data = json.loads(text)
-        return Preset(**data)
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+        preset = Preset(**data)
     except (ValueError, TypeError) as exc:
-        raise UserError(f"unreadable {SGM_CONFIG_KEY} metadata: {exc}") from None
+        raise UserError(f"{source}: unreadable {SGM_CONFIG_KEY} metadata: {_first_line(exc)}") from None
+    check_config_bounds(preset, source)
+    return preset
+
+
+# Upper bounds for the sizes a file's configs may ask for: about 4x the largest SDXL-family value
+# (SDXL base/refiner, SSD-1B, Vega), so real and scaled-up models load and absurd ones are refused.
+CONFIG_LIMITS: dict[str, int] = {
+    # UNet and VAE (diffusers names)
+    "sample_size": 4096,  # UNet 128 (latent pixels), VAE 1024
+    "in_channels": 64,  # 4 (9 for inpainting UNets), VAE 3
+    "out_channels": 64,
+    "latent_channels": 64,  # 4
+    "block_out_channels": 6144,  # refiner 1536
+    "layers_per_block": 8,  # 2
+    "transformer_layers_per_block": 40,  # 10
+    "reverse_transformer_layers_per_block": 40,
+    "attention_head_dim": 256,  # 24 (refiner)
+    "num_attention_heads": 128,  # text towers: 20
+    "cross_attention_dim": 8192,  # 2048
+    "addition_time_embed_dim": 1024,  # 256
+    "projection_class_embeddings_input_dim": 16384,  # 2816
+    "addition_embed_type_num_heads": 256,  # 64
+    "encoder_hid_dim": 8192,
+    "time_embedding_dim": 8192,
+    "time_cond_proj_dim": 1024,
+    "num_class_embeds": 4096,
+    "norm_num_groups": 128,  # 32
+    "conv_in_kernel": 7,  # 3
+    "conv_out_kernel": 7,
+    # CLIP text towers (transformers names)
+    "hidden_size": 5120,  # bigG 1280
+    "intermediate_size": 20480,  # 5120
+    "projection_dim": 5120,  # 1280
+    "num_hidden_layers": 128,  # 32
+    "max_position_embeddings": 512,  # 77
+    "vocab_size": 200_000,  # 49408
+    "pad_token_id": 200_000,
+    "bos_token_id": 200_000,
+    "eos_token_id": 200_000,
+    # scheduler
+    "num_train_timesteps": 10_000,  # 1000
+}
+DEFAULT_LIMITS = {"width": 8192, "height": 8192, "steps": 1000}  # generation defaults: SDXL 1024, 1024, 30
+SIZE_KEYS = set(CONFIG_LIMITS) - {"pad_token_id", "bos_token_id", "eos_token_id"}  # must be at least 1 where set
+OTHER_NUMBER_LIMIT = 100_000  # any other number in a config
+LIST_LIMIT = 16  # entries of any list (block types, widths, depths: 3-4 in SDXL)
+
+
+def check_config_bounds(preset: Preset, source: str = "the file") -> None:
+    """A one-line UserError naming the key and ``source`` when a config value is out of bounds."""
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler"):
+        config = preset.component(component)
+        if config is None:
+            continue
+        if not isinstance(config, dict):
+            raise UserError(f"{source}: {SGM_CONFIG_KEY} {component} is not a JSON object")
+        for key, value in config.items():
+            _check_value(value, f"{component}.{key}", CONFIG_LIMITS.get(key), key in SIZE_KEYS, source)
+    if not isinstance(preset.defaults, dict):
+        raise UserError(f"{source}: {SGM_CONFIG_KEY} defaults is not a JSON object")
+    for key, limit in DEFAULT_LIMITS.items():
+        if preset.defaults.get(key) is not None:
+            _check_value(preset.defaults[key], f"defaults.{key}", limit, True, source)
+
+
+def _check_value(value: Any, where: str, limit: int | None, size: bool, source: str) -> None:
+    if isinstance(value, list | tuple):
+        if len(value) > LIST_LIMIT:
+            raise UserError(f"{source}: {SGM_CONFIG_KEY} {where} has {len(value)} entries; at most {LIST_LIMIT}")
+        for item in value:
+            _check_value(item, where, limit, size, source)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_value(item, f"{where}.{key}", None, False, source)
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        if limit is not None and value is not None:
+            raise UserError(f"{source}: {SGM_CONFIG_KEY} {where} = {str(value)[:40]!r} is not a number")
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{source}: {SGM_CONFIG_KEY} {where} = {value!r} is not a finite number")
+    if limit is not None and isinstance(value, float) and not value.is_integer():
+        raise UserError(f"{source}: {SGM_CONFIG_KEY} {where} = {value!r} is not a whole number")
+    bound = limit if limit is not None else OTHER_NUMBER_LIMIT
+    lowest = 1 if size else (0 if limit is not None else -bound)
+    if not lowest <= value <= bound:
+        raise UserError(
+            f"{source}: {SGM_CONFIG_KEY} {where} = {value:g} is outside {lowest}..{bound}; refusing to build a model "
+            "that size from a file's metadata"
+        )
 
 
 # ---------------------------------------------------------------- small helpers

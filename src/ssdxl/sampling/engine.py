@@ -27,8 +27,8 @@ from PIL import Image
 
 from ssdxl import __version__
 from ssdxl.adapters.library import AdapterLibrary, prompt_loras
-from ssdxl.adapters.patching import MAX_LORAS, AdapterPatcher
-from ssdxl.conditioning.prompt import Conditioning, empty_like, encode_text, micro_conditioning
+from ssdxl.adapters.patching import MAX_LORAS, AdapterPatcher, embedding_tokens, rewrite_names
+from ssdxl.conditioning.prompt import Conditioning, chunk_count, empty_like, encode_text, micro_conditioning
 from ssdxl.conditioning.weighting import parse_prompt
 from ssdxl.errors import UserError
 from ssdxl.models import builtin
@@ -170,12 +170,25 @@ class Engine:
 
     def batch_key(self, request: GenerationRequest) -> tuple:
         """What resolved requests must share to run as one batch: all but prompts, seeds, sample
-        counts, images and the per-image micro-conditioning."""
+        counts, images and the per-image micro-conditioning; and the prompts' lengths in 75-token
+        chunks, since conditioning of different lengths cannot be stacked (tokenizing only, no encoder)."""
         r = request
         size_and_schedule = (r.kind, r.width, r.height, r.steps, r.scheduler, r.strength)
         guidance = (r.guidance_scale, r.guidance_cutoff, r.cache_interval)
         adapters = tuple((path, weight) for path, weight in r.loras)  # LoRAs patch the weights the batch shares
-        return (*size_and_schedule, *guidance, r.high_noise_fraction if r.refiner else None, adapters)
+        refiner = r.high_noise_fraction if r.refiner else None
+        return (*size_and_schedule, *guidance, refiner, adapters, self._chunk_counts(r))
+
+    def _chunk_counts(self, r: GenerationRequest) -> tuple[int, int | None]:
+        """(base, refiner) chunk counts of the request's conditioning, counted as ``_rows`` will encode it: the
+        base model's prompts with embedding names rewritten to their vector tokens, the refiner's as written."""
+        words = embedding_tokens([self.adapters.embedding(path) for path in r.embeddings])
+        texts = [rewrite_names(r.prompt, words), rewrite_names(r.negative_prompt, words)]
+        tokens = [token for vector_tokens in words.values() for token in vector_tokens]
+        base = chunk_count(self.base.components, texts, r.prompt_syntax, tokens)
+        if not (r.refiner and self.refiner is not None):
+            return base, None
+        return base, chunk_count(self.refiner.components, [r.prompt, r.negative_prompt], r.prompt_syntax)
 
     def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
         r = self.resolve(request)
@@ -400,6 +413,12 @@ class _Row:
 
 def _stack(pairs: list[tuple[Conditioning, Conditioning]]) -> tuple[Conditioning, Conditioning]:
     """Per-row (cond, uncond) pairs as one batched (cond, uncond) pair."""
+    lengths = sorted({part.embeds.shape[1] for pair in pairs for part in pair})
+    if len(lengths) > 1:  # Engine.batch_key compares chunk counts, so only a miscount gets here
+        raise ValueError(
+            f"conditioning of different lengths ({', '.join(map(str, lengths))} tokens) cannot share a batch; "
+            "group requests by Engine.batch_key"
+        )
     return Conditioning.cat([c for c, _ in pairs]), Conditioning.cat([u for _, u in pairs])
 
 

@@ -1,27 +1,41 @@
 """The FastAPI app: one engine queue behind three client dialects, the jobs API and the web page.
 
-Middleware, outermost first: the body size limit (413), then API keys (401). Jobs run in a
-runner thread started with the app, or in ``ssdxl worker`` processes when a Redis URL is set.
+Middleware, outermost first: the body size limit (413), then API keys (401; 403 for a bad signed
+link), then ``Idempotency-Key`` (a repeated job-making request gets its first job back). Jobs run
+in a runner thread started with the app, or in ``ssdxl worker`` processes when a Redis URL is set;
+stopping the app checkpoints the store's WAL, so a clean stop leaves every job in ``ssdxl.db``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ssdxl import __version__
 from ssdxl.server import adapters, errors, jobs_api, web
-from ssdxl.server.auth import AuthMiddleware, KeyStore
+from ssdxl.server.auth import AuthMiddleware, KeyStore, request_key
 from ssdxl.server.config import ServerConfig
 from ssdxl.server.dialects import a1111, openai, segmind
 from ssdxl.server.dispatch import LocalDispatch, RedisDispatch
-from ssdxl.server.limits import BodySizeLimit
+from ssdxl.server.errors import error_response
+from ssdxl.server.limits import BodySizeLimit, BodyTooLarge
 from ssdxl.server.registry import ModelRegistry
 from ssdxl.server.runner import Runner
 from ssdxl.server.service import JobService
 from ssdxl.server.storage import open_data
+from ssdxl.server.store import IDEMPOTENCY, IdempotentRequest
+
+log = logging.getLogger("ssdxl.server")
+IDEMPOTENCY_HEADER = "idempotency-key"
+JOBS_PATH = "/v2/jobs"
 
 DESCRIPTION = """Text-to-image for the SDXL family. Three APIs over one job queue: Segmind
 (`POST /v1/{model}`), AUTOMATIC1111 (`/sdapi/v1/...`) and OpenAI (`/v1/images/...`), plus the
@@ -39,17 +53,97 @@ def create_app(config: ServerConfig) -> FastAPI:
         )
         dispatch = LocalDispatch(store, runner, poll=config.poll, batch_wait=config.batch_wait)
 
+    keys = KeyStore(store.db)
+    if keys.required() and not keys.any():
+        log.warning(
+            "API keys were configured for %s but none is left: every request is refused (401) until "
+            "`ssdxl keys add` makes one (or `ssdxl keys open` lets requests in without keys)",
+            store.db.path,
+        )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         dispatch.start()
         yield
-        dispatch.stop()
+        dispatch.stop()  # and checkpoints the WAL into ssdxl.db
 
     app = FastAPI(title="ssdxl", version=__version__, description=DESCRIPTION, lifespan=lifespan)
-    app.state.service = JobService(store, storage, registry, dispatch, config)
+    app.state.service = service = JobService(store, storage, registry, dispatch, config)
     errors.install(app)
     for router in (segmind.router, a1111.router, openai.router, jobs_api.router, adapters.router, web.router):
         app.include_router(router)
-    app.add_middleware(AuthMiddleware, keys=KeyStore(store.db), storage=storage)
+    app.add_middleware(IdempotencyMiddleware, service=service)
+    app.add_middleware(AuthMiddleware, keys=keys, storage=storage)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     return app
+
+
+class IdempotencyMiddleware:
+    """``Idempotency-Key`` on any POST that makes jobs: the same key from the same API key within 24 h gives the
+    job it first made instead of a new one (``JobStore.add`` decides, in the job's own transaction).
+
+    ``POST /v2/jobs`` answers a repeat at once: 200 with the original job and ``Idempotent-Replayed: true``; the
+    synchronous APIs wait for the original job and answer with its images. The key reused with another body is
+    a 422. Runs inside ``AuthMiddleware``, so the caller's key is known.
+    """
+
+    def __init__(self, app: ASGIApp, service: JobService):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = Headers(scope=scope).get(IDEMPOTENCY_HEADER) if scope["type"] == "http" else None
+        if key is None or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        key = key.strip()
+        if not 1 <= len(key) <= 255:
+            return await _refuse(422, "Idempotency-Key: must be 1 to 255 characters", scope, receive, send)
+        try:
+            body = await _read_body(receive)
+        except BodyTooLarge as exc:
+            return await error_response(413, exc.detail)(scope, receive, send)
+        request = Request(scope)
+        caller = request_key(request)
+        owner = caller.id if caller else None
+        digest = hashlib.sha256(scope["path"].encode() + b"?" + scope.get("query_string", b"") + b"\n" + body)
+        fingerprint = digest.hexdigest()
+        found = self.service.store.idempotent(owner, key)
+        if found is not None:
+            job, first = found
+            if first != fingerprint:
+                message = f"Idempotency-Key: {key!r} was already used for a different request"
+                return await _refuse(422, message, scope, receive, send)
+            if scope["path"] == JOBS_PATH:
+                view = self.service.view(job, request).model_dump(mode="json")
+                headers = {"Idempotent-Replayed": "true"}
+                return await JSONResponse(view, status_code=200, headers=headers)(scope, receive, send)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        token = IDEMPOTENCY.set(IdempotentRequest(owner, key, fingerprint))
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            IDEMPOTENCY.reset(token)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _refuse(status: int, message: str, scope: Scope, receive: Receive, send: Send) -> None:
+    await error_response(status, message, field="Idempotency-Key")(scope, receive, send)

@@ -70,8 +70,9 @@ class ServerConfig:
     batch_wait: float = 0.05  # seconds an idle runner waits for concurrent requests to batch with
     max_body_bytes: int = 20 * 1024 * 1024
     sync_timeout: float = 600.0  # how long Segmind/A1111/OpenAI calls wait for their job
-    link_ttl: float = 24 * 3600.0  # lifetime of signed image links (OpenAI `url`)
+    link_ttl: float = 24 * 3600.0  # lifetime of signed image links (OpenAI `url`); links promising more are refused
     public_url: str | None = None  # base of links handed to clients; default: the request's own
     lease: float = 60.0  # seconds a claimed job stays claimed without a heartbeat
     max_attempts: int = 3  # runs of one job cut short by crashes before it is failed
     poll: float = 1.0  # seconds between checks for jobs from other processes and expired leases
+    reset_store: bool = False  # a damaged job store is moved aside and an empty one started (else: refuse to start)

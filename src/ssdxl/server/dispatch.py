@@ -3,6 +3,11 @@
 Either way the store decides who runs what (claims are atomic), so a dispatcher only has to wake
 runners up. Both also sweep the store every ``poll`` seconds: jobs whose runner died go back in
 the queue (``JobStore.recover``), and jobs submitted by another server process get noticed.
+
+A wake-up is never a reason to fail a stored job: with Redis down, ``RedisDispatch.notify`` logs a
+warning and returns (the job was committed; the client gets its 202), and the sweeper sends a
+wake-up for the queued jobs as soon as Redis answers again. Stopping either one (server shutdown,
+worker exit) checkpoints the store's WAL into its main file.
 """
 
 from __future__ import annotations
@@ -18,6 +23,13 @@ log = logging.getLogger("ssdxl.server")
 
 RQ_QUEUE = "ssdxl"
 RQ_DRAIN = "ssdxl.server.dispatch.drain"  # RQ calls jobs by import path
+REDIS_TIMEOUT = 2.0  # seconds the server waits for Redis when it sends a wake-up
+
+
+def _redis_outage(exc: Exception) -> bool:
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError))
 
 
 class LocalDispatch:
@@ -42,6 +54,7 @@ class LocalDispatch:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=30)
+        self.store.db.checkpoint()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -65,8 +78,11 @@ class RedisDispatch:
         from rq import Queue
 
         self.store = store
-        self.queue = Queue(RQ_QUEUE, connection=Redis.from_url(redis_url))
+        # short timeouts: a request thread that wakes workers must not hang on an unreachable Redis
+        connection = Redis.from_url(redis_url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT)
+        self.queue = Queue(RQ_QUEUE, connection=connection)
         self.poll = poll
+        self._down = threading.Event()  # Redis failed: requests skip their wake-up, the sweeper sends it when back
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sweep, name="ssdxl-sweeper", daemon=True)
 
@@ -74,11 +90,26 @@ class RedisDispatch:
         self._thread.start()
 
     def notify(self) -> None:
-        self.queue.enqueue(RQ_DRAIN, job_timeout=-1, result_ttl=0)
+        """Wake a worker for a stored job; never raises (the sweeper covers a wake-up Redis did not take)."""
+        if self._down.is_set():
+            return
+        try:
+            self._send()
+        except Exception as exc:  # whatever Redis says, the job is stored: warn, and let the sweeper retry
+            self._went_down(exc)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        self.store.db.checkpoint()
+
+    def _send(self) -> None:
+        self.queue.enqueue(RQ_DRAIN, job_timeout=-1, result_ttl=0)
+
+    def _went_down(self, exc: Exception) -> None:
+        if not self._down.is_set():
+            self._down.set()
+            log.warning("Redis is unreachable (%s): jobs are stored and wait for it to come back", exc)
 
     def _sweep(self) -> None:
         """Requeue jobs of dead workers and make sure queued jobs have a message to wake a worker."""
@@ -86,9 +117,15 @@ class RedisDispatch:
             try:
                 recovered = self.store.recover()
                 if recovered or (self.queue.count == 0 and self.store.count((QUEUED,))):
-                    self.notify()
-            except Exception:
-                log.exception("sweeper error; retrying in %.1f s", self.poll)
+                    self._send()
+                if self._down.is_set():
+                    self._down.clear()
+                    log.warning("Redis answers again; queued jobs are being sent to the workers")
+            except Exception as exc:
+                if _redis_outage(exc):
+                    self._went_down(exc)
+                else:
+                    log.exception("sweeper error; retrying in %.1f s", self.poll)
 
 
 _worker_runner: Runner | None = None
@@ -110,4 +147,7 @@ def run_worker(runner: Runner, redis_url: str, *, burst: bool = False) -> None:
 
     _worker_runner = runner
     connection = Redis.from_url(redis_url)
-    SimpleWorker([Queue(RQ_QUEUE, connection=connection)], connection=connection).work(burst=burst)
+    try:
+        SimpleWorker([Queue(RQ_QUEUE, connection=connection)], connection=connection).work(burst=burst)
+    finally:
+        runner.store.db.checkpoint()

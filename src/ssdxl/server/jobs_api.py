@@ -37,8 +37,8 @@ def to_generation_request(body: JobRequest) -> GenerationRequest:
     return GenerationRequest(
         **fields,
         loras=parse_loras(body.loras),
-        init_image=decode_image("init_image", body.init_image) if body.init_image else None,
-        mask_image=decode_image("mask_image", body.mask_image) if body.mask_image else None,
+        init_image=decode_image("init_image", body.init_image) if body.init_image is not None else None,
+        mask_image=decode_image("mask_image", body.mask_image) if body.mask_image is not None else None,
     )
 
 

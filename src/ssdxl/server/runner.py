@@ -7,6 +7,8 @@ cancellation behave the same in both. While it works, a heartbeat thread renews 
 Preparing a job (``_prepare``) adds the LoRAs bound to its model name (``--model-lora``) and
 resolves it against the engine; whatever fails there (a LoRA made for another architecture, an
 embedding of the wrong width: ``Engine.resolve`` checks both) fails that job alone, before it joins a batch.
+Only jobs with equal ``Engine.batch_key`` (prompt lengths in chunks included) share a batch, and a batch of
+several jobs that fails anyway is run again one job at a time: a job can only ever fail itself.
 """
 
 from __future__ import annotations
@@ -94,17 +96,20 @@ class Runner:
         """The oldest job and the queued jobs that can share its UNet batch, up to ``max_batch`` images."""
         items: list[_Item] = []
         rows = 0
+        first_key = None
         for job in candidates:
             if job.model != candidates[0].model:
                 continue
             try:
                 request = self._prepare(engine, job)
+                key = engine.batch_key(request)  # reads its embeddings' files (chunk counts): may fail too
             except Exception:
                 if not items:
                     raise
                 continue  # it fails on its own when it is the oldest
             fits = rows + request.samples <= self.max_batch
-            if not items or (fits and engine.batch_key(request) == engine.batch_key(items[0].request)):
+            if not items or (fits and key == first_key):
+                first_key = key if not items else first_key
                 items.append(_Item(job, request))
                 rows += request.samples
         return items
@@ -139,14 +144,20 @@ class Runner:
                 results = engine.generate_batch([item.request for item in items], callback=self._on_step(live))
         except Cancelled:
             return
-        except UserError as exc:
-            for job_id in live:
-                self.store.finish(job_id, self.worker, FAILED, error=str(exc), error_kind="user")
-            return
         except Exception as exc:
-            log.exception("batch of %d job(s) failed", len(items))
+            if len(items) > 1:  # whichever job caused it, no job fails another: each still running runs alone
+                log.warning("batch of %d jobs failed (%s); running them one at a time", len(items), _describe(exc))
+                for item in items:
+                    if item.job.id in live:
+                        self._run(engine, [item])
+                return
+            if isinstance(exc, UserError):
+                error, kind = str(exc), "user"
+            else:
+                log.exception("job %s failed", items[0].job.id)
+                error, kind = _describe(exc), "server"
             for job_id in live:
-                self.store.finish(job_id, self.worker, FAILED, error=_describe(exc), error_kind="server")
+                self.store.finish(job_id, self.worker, FAILED, error=error, error_kind=kind)
             return
         batch_size = sum(item.request.samples for item in items)
         for item, result in zip(items, results, strict=True):

@@ -12,13 +12,14 @@ import binascii
 import io
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ssdxl.errors import UserError
 from ssdxl.sampling.engine import MAX_SEED
 from ssdxl.sampling.schedulers import resolve_scheduler
-from ssdxl.server.errors import FieldError
+from ssdxl.server.errors import FieldError, public_text
 
 MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_STEPS = 150
@@ -57,22 +58,41 @@ Loras = Annotated[
 ]
 
 
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")  # JPEG includes MPO, a phone camera's JPEG
+KEPT_MODES = ("RGB", "RGBA", "L", "LA")
+
+
 def decode_image(field: str, data: str | bytes) -> Image.Image:
-    """An uploaded image (base64 text, optionally a data URL, or raw bytes) or a FieldError naming ``field``."""
+    """An uploaded image (base64 text, optionally a data URL, or raw bytes) or a FieldError naming ``field``.
+
+    Only PNG, JPEG and WebP are taken (by what the file is, not its name); other colour modes (CMYK,
+    palette, 16-bit) are converted to RGB, or RGBA where the image has transparency.
+    """
     if isinstance(data, str):
         text = data.split(",", 1)[1] if data.startswith("data:") else data
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise FieldError(field, "not valid base64") from None
+    if not data:
+        raise FieldError(field, "is empty; send a PNG, JPEG or WebP image")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=list(UPLOAD_FORMATS)) as image:
             if max(image.size) > MAX_INPUT_SIDE:
                 raise FieldError(field, f"image is {image.width}x{image.height}; the limit is {MAX_INPUT_SIDE} a side")
             image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        raise FieldError(field, "not a readable image (PNG, JPEG or WebP)") from None
+            return _plain_mode(image)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise FieldError(field, "not a readable PNG, JPEG or WebP image") from None
+
+
+def _plain_mode(image: Image.Image) -> Image.Image:
+    if image.mode in KEPT_MODES:
+        return image.copy()
+    if image.mode.startswith("I"):  # 16-bit grey: the top 8 bits, not values clipped at 255
+        return Image.fromarray((np.asarray(image.convert("I")) >> 8).clip(0, 255).astype(np.uint8))
+    transparent = "transparency" in image.info or "A" in image.getbands() or image.mode == "PA"
+    return image.convert("RGBA" if transparent else "RGB")
 
 
 def parse_size(field: str, text: str) -> tuple[int, int]:
@@ -115,6 +135,10 @@ class JobRequest(BaseModel):
     prompt_syntax: PromptSyntax = "a1111"
 
 
+def _public_error(text: str | None) -> str | None:
+    return None if text is None else public_text(text)
+
+
 class ImageLink(BaseModel):
     url: str
     seed: int
@@ -133,7 +157,9 @@ class JobView(BaseModel):
     created: float
     started: float | None
     finished: float | None
-    error: str | None
+    error: Annotated[str | None, AfterValidator(_public_error)] = Field(
+        description="why the job failed (server paths shown as file names)"
+    )
     batch_size: int | None = Field(description="images in the UNet batch that made this job's images")
     images: list[ImageLink]
     params: dict[str, Any] = Field(description="the request as stored, images as file names")

@@ -5,7 +5,15 @@ same infotext and parameters ``ssdxl generate`` writes, except that adapter file
 not by the server's paths. Every file name is made here (job id,
 then ``init``/``mask`` or attempt and index) and checked against one pattern before it is served,
 so no name a client sends reaches the filesystem. Result links can be signed (HMAC, with an
-expiry) for clients that fetch them without a key, such as an OpenAI client following a ``url``.
+expiry no further ahead than the server's link lifetime, 24 h by default) for clients that fetch
+them without a key, such as an OpenAI client following a ``url``.
+
+``open_data`` opens the data folder fail-closed: a damaged store, one from a newer ssdxl, a missing
+store next to job files, or result files of jobs the store does not know (a lost WAL) stop the
+server and its workers with a one-line ``StoreDamaged``; ``reset=True`` (``ssdxl serve
+--reset-store``) moves such a store aside as ``ssdxl.db.broken-<timestamp>`` and starts an empty
+one. Files are private to their owner: the store 0600 (it holds the link secret), images in a 0700
+folder.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
 import time
@@ -24,18 +34,25 @@ from PIL import Image
 from ssdxl.output.files import save_image
 from ssdxl.sampling.request import GeneratedImage, GenerationRequest
 from ssdxl.server.config import ServerConfig
-from ssdxl.server.db import DB_FILE, Database
+from ssdxl.server.db import DB_FILE, SIDE_FILES, Database, StoreDamaged, private_dir
 from ssdxl.server.store import JobStore
 
 FILE_NAME = re.compile(r"^[0-9a-f]{32}-(init|mask|a\d+-\d+)\.png$")
+RESULT_NAME = re.compile(r"^([0-9a-f]{32})-a\d+-\d+\.png$")
+IMAGES = "images"  # the data folder's image files
+LINK_TTL = 24 * 3600.0  # default lifetime (and ceiling) of signed links
+CLOCK_SLACK = 60.0  # seconds a link's expiry may exceed the ceiling (servers' clocks differ a little)
 _TUPLES = ("original_size", "target_size", "crop_top_left")
+
+log = logging.getLogger("ssdxl.server")
 
 
 class Storage:
-    def __init__(self, root: Path, secret: str):
+    def __init__(self, root: Path, secret: str, *, max_ttl: float = LINK_TTL):
         self.root = root
         self.secret = secret.encode()
-        root.mkdir(parents=True, exist_ok=True)
+        self.max_ttl = max_ttl
+        private_dir(root)
 
     # ------------------------------------------------------------------ requests
 
@@ -85,14 +102,25 @@ class Storage:
     # ------------------------------------------------------------------ signed links
 
     def sign(self, name: str, ttl: float) -> str:
-        """Query string that lets anyone fetch ``name`` for ``ttl`` seconds."""
-        expires = int(time.time() + ttl)
+        """Query string that lets anyone fetch ``name`` for ``ttl`` seconds (at most ``max_ttl``)."""
+        expires = int(time.time() + min(ttl, self.max_ttl))
         return f"expires={expires}&signature={self._signature(name, expires)}"
 
     def verify(self, name: str, expires: str, signature: str) -> bool:
-        if not expires.isdigit() or int(expires) < time.time():
-            return False
-        return hmac.compare_digest(self._signature(name, int(expires)), signature)
+        return self.link_problem(name, expires, signature) is None
+
+    def link_problem(self, name: str, expires: str, signature: str) -> str | None:
+        """Why a signed link is refused (None: it is good): forged, expired, or valid further ahead than links live."""
+        if not expires.isdigit() or len(expires) > 12 or not signature:
+            return "the link has no valid expiry and signature"
+        now = time.time()
+        if int(expires) < now:
+            return "the link has expired"
+        if int(expires) > now + self.max_ttl + CLOCK_SLACK:
+            return f"the link claims to live longer than this server's links do ({self.max_ttl / 3600:g} h)"
+        if not hmac.compare_digest(self._signature(name, int(expires)), signature):
+            return "the link's signature is wrong"
+        return None
 
     def _signature(self, name: str, expires: int) -> str:
         return hmac.new(self.secret, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
@@ -109,7 +137,79 @@ def _without_paths(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_data(config: ServerConfig) -> tuple[JobStore, Storage]:
-    """The job store and the image files under ``config.data_dir``, as server and workers share them."""
-    store = JobStore(Database(config.data_dir / DB_FILE), max_attempts=config.max_attempts)
+    """The job store and the image files under ``config.data_dir``, as server and workers share them.
+
+    Checked first (``open_database``); ``config.reset_store`` moves a damaged store aside instead of refusing."""
+    db = open_database(config.data_dir, reset=config.reset_store)
+    store = JobStore(db, max_attempts=config.max_attempts)
     secret = store.set_meta("link_secret", secrets.token_hex(32), only_if_missing=True)
-    return store, Storage(config.data_dir / "images", secret)
+    db.restrict()
+    return store, Storage(config.data_dir / IMAGES, secret, max_ttl=config.link_ttl)
+
+
+def open_database(data_dir: Path, *, reset: bool = False) -> Database:
+    """The store of ``data_dir`` once it is known to be usable; else ``StoreDamaged`` (one line: the file, what is
+    wrong, the ways out), or with ``reset`` the old files moved aside and a fresh store. A healthy store is never reset.
+    """
+    db = Database(data_dir / DB_FILE)
+    problem = store_problem(db, data_dir / IMAGES)
+    if problem is None:
+        return db
+    if not reset:
+        raise StoreDamaged(
+            f"{db.path} {problem}; restore it (with its -wal file) from a backup, or start `ssdxl serve --reset-store` "
+            f"to move it aside as {DB_FILE}.broken-<timestamp> and begin an empty store"
+        )
+    moved = move_aside(data_dir)
+    log.warning("job store %s %s; moved aside: %s; starting an empty store", db.path, problem, ", ".join(moved))
+    return Database(data_dir / DB_FILE)
+
+
+def store_problem(db: Database, images: Path) -> str | None:
+    """What is wrong with the store at ``db`` given the image files in ``images`` (None: nothing)."""
+    if db.is_empty():
+        files = _names(images, FILE_NAME)
+        if files:
+            jobs = len({name[:32] for name in files})
+            return f"is missing or empty, but {images} holds the files of {jobs} job(s)"
+        return None
+    problem = db.problem()
+    if problem is not None:
+        return problem
+    ids = sorted({RESULT_NAME.match(name)[1] for name in _names(images, RESULT_NAME)})
+    known: set[str] = set()
+    conn = db.connection()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        sql = f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * len(chunk))})"
+        known.update(row[0] for row in conn.execute(sql, chunk))
+    lost = len(ids) - len(known)
+    if lost:
+        return f"does not know {lost} job(s) whose results are in {images} (a lost or truncated -wal file?)"
+    return None
+
+
+def move_aside(data_dir: Path) -> list[str]:
+    """Rename the store's files (and the images folder) to ``*.broken-<timestamp>``; returns the new names."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for suffix in ("", *SIDE_FILES):
+        old = data_dir / f"{DB_FILE}{suffix}"
+        if old.exists():
+            new = data_dir / f"{DB_FILE}.broken-{stamp}{suffix}"  # -wal next to its file: SQLite can open both
+            old.rename(new)
+            moved.append(new.name)
+    images = data_dir / IMAGES
+    if images.is_dir() and any(images.iterdir()):
+        new = data_dir / f"{IMAGES}.broken-{stamp}"
+        images.rename(new)
+        moved.append(new.name)
+    return moved
+
+
+def _names(folder: Path, pattern: re.Pattern) -> list[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return [entry.name for entry in entries if pattern.match(entry.name)]
+    except FileNotFoundError:
+        return []

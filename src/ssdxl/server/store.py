@@ -6,21 +6,26 @@ holder of a live claim may finish a job, so no job completes twice. When a runne
 lease runs out (on the same machine: as soon as its process is gone) and ``recover`` queues the
 job again, or fails it with a message once it has been cut short ``max_attempts`` times.
 
+A job may be added under an ``Idempotency-Key`` (``IDEMPOTENCY``, set per request by the app): the
+same key from the same API key within ``IDEMPOTENCY_TTL`` gives back the job it first made, decided
+in the transaction that would add the job, so a retried request never makes a duplicate.
+
 This is the store's whole interface; a Postgres store for many machines would implement the same
 methods (``SELECT ... FOR UPDATE SKIP LOCKED`` in ``claim``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ssdxl.server.db import Database
+from ssdxl.server.db import SCHEMA_VERSION, Database
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
@@ -50,7 +55,35 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    owner INTEGER NOT NULL,                  -- API key id; -1 when the server has no keys
+    key TEXT NOT NULL,                       -- the client's Idempotency-Key (#n for a request's n-th job)
+    fingerprint TEXT NOT NULL,               -- sha256 of the request's path and body
+    job_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (owner, key)
+);
 """
+IDEMPOTENCY_TTL = 24 * 3600.0  # seconds an Idempotency-Key keeps answering with its job
+
+
+@dataclass
+class IdempotentRequest:
+    """The Idempotency-Key of the request being handled (see ``IDEMPOTENCY``)."""
+
+    owner: int | None
+    key: str
+    fingerprint: str
+    jobs: int = field(default=0)  # jobs this request has added so far
+
+    def next_key(self) -> str:
+        key = self.key if self.jobs == 0 else f"{self.key}#{self.jobs}"
+        self.jobs += 1
+        return key
+
+
+# Set by the app for a request that carries an Idempotency-Key; ``JobStore.add`` honours it.
+IDEMPOTENCY: contextvars.ContextVar[IdempotentRequest | None] = contextvars.ContextVar("idempotency", default=None)
 
 
 @dataclass
@@ -77,6 +110,10 @@ class Job:
     @property
     def done(self) -> bool:
         return self.status in FINISHED
+
+
+def _owner_id(owner: int | None) -> int:
+    return -1 if owner is None else owner
 
 
 def _job(row) -> Job:
@@ -118,16 +155,50 @@ class JobStore:
         self.db = db
         self.max_attempts = max_attempts
         db.create(SCHEMA)
+        self.set_meta("schema_version", str(SCHEMA_VERSION), only_if_missing=True)
 
     # ------------------------------------------------------------------ clients' side
 
     def add(self, job_id: str, *, owner: int | None, model: str, request: dict[str, Any]) -> Job:
+        """Queue a job; under an Idempotency-Key already used (same owner, last 24 h) return that key's job instead."""
+        idempotent, row = IDEMPOTENCY.get(), None
+        now = time.time()
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO jobs (id, owner, model, request, status, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, owner, model, json.dumps(request), QUEUED, time.time()),
-            )
+            if idempotent is not None:
+                key, owner_id = idempotent.next_key(), _owner_id(idempotent.owner)
+                row = conn.execute(
+                    "SELECT i.job_id FROM idempotency i JOIN jobs j ON j.id = i.job_id "
+                    "WHERE i.owner = ? AND i.key = ? AND i.created > ?",
+                    (owner_id, key, now - IDEMPOTENCY_TTL),
+                ).fetchone()
+                if row is not None:
+                    job_id = row[0]
+                else:
+                    conn.execute("DELETE FROM idempotency WHERE created <= ?", (now - IDEMPOTENCY_TTL,))
+                    conn.execute(
+                        "INSERT OR REPLACE INTO idempotency (owner, key, fingerprint, job_id, created) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (owner_id, key, idempotent.fingerprint, job_id, now),
+                    )
+            if row is None:
+                conn.execute(
+                    "INSERT INTO jobs (id, owner, model, request, status, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, owner, model, json.dumps(request), QUEUED, now),
+                )
         return self.get(job_id)
+
+    def idempotent(self, owner: int | None, key: str) -> tuple[Job, str] | None:
+        """The job an Idempotency-Key made (with the request's fingerprint), if it is younger than 24 h."""
+        row = (
+            self.db.connection()
+            .execute(
+                "SELECT job_id, fingerprint FROM idempotency WHERE owner = ? AND key = ? AND created > ?",
+                (_owner_id(owner), key, time.time() - IDEMPOTENCY_TTL),
+            )
+            .fetchone()
+        )
+        job = self.get(row[0]) if row else None
+        return (job, row[1]) if job else None
 
     def get(self, job_id: str) -> Job | None:
         row = self.db.connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

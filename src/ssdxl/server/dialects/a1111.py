@@ -30,10 +30,8 @@ from ssdxl.server.auth import ApiKey, request_key
 from ssdxl.server.errors import FieldError
 from ssdxl.server.schemas import (
     MAX_SAMPLES,
-    Fraction,
     Guidance,
     NegativePrompt,
-    Prompt,
     Seed,
     Side,
     Steps,
@@ -46,21 +44,54 @@ from ssdxl.server.store import QUEUED, RUNNING
 router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
 
 SIGMA_SCHEDULES = {"automatic": "", "karras": " Karras", "exponential": " Exponential"}
-UNSUPPORTED = {  # field -> the value that means "not used"
-    "enable_hr": False,
-    "restore_faces": False,
-    "tiling": False,
-    "script_name": None,
-    "alwayson_scripts": {},
-    "subseed_strength": 0.0,
+NO_NAME = (None, "", "None", "none")  # how A1111 clients say "no refiner" / "no script"
+UNSUPPORTED = {  # field -> the values that mean "not used" (what A1111's own defaults send)
+    "enable_hr": (False, None),
+    "restore_faces": (False, None),
+    "tiling": (False, None),
+    "script_name": NO_NAME,
+    "alwayson_scripts": ({}, None),
+    "subseed_strength": (0, None),
+    "styles": ([], None),
+    "disable_extra_networks": (False, None),
+    "infotext": (None, ""),
+    "firstpass_image": (None, ""),
 }
+IGNORED = "accepted and ignored"
+HIRES_ONLY = "used only with enable_hr, which this server does not have; accepted and ignored"
+
+
+def _is_off(value: Any, offs: tuple[Any, ...]) -> bool:
+    """Whether ``value`` is one of ``offs`` (False is not 0 here, nor 0 False)."""
+    for off in offs:
+        if isinstance(value, bool) or isinstance(off, bool) or value is None or off is None:
+            if value is off:
+                return True
+        elif value == off:
+            return True
+    return False
+
+
+class OverrideSettings(BaseModel, extra="allow"):
+    """A1111 settings for one request: only ``sd_model_checkpoint`` (a model name) is used here."""
+
+    sd_model_checkpoint: str | None = Field(None, description="a model name (GET /sdapi/v1/sd-models)")
 
 
 class Txt2ImgRequest(BaseModel):
-    prompt: Prompt
+    """A1111's txt2img fields. A full payload of A1111's defaults is accepted: features this engine does not have
+    are refused (422) only when switched on, and sampler tuning, saving and hires-fix settings are ignored."""
+
+    prompt: NegativePrompt = ""
     negative_prompt: NegativePrompt = ""
+    styles: list[str] | None = Field(None, description="saved styles: this server has none, only [] is accepted")
     seed: Seed = -1
+    subseed: int | None = Field(None, description="used only with subseed_strength > 0, which is not supported")
+    subseed_strength: float | None = Field(0.0, description="variation seeds: only 0 is accepted")
+    seed_resize_from_h: int | None = Field(None, description="only -1 or 0 (off) are accepted")
+    seed_resize_from_w: int | None = Field(None, description="only -1 or 0 (off) are accepted")
     sampler_name: str | None = None
+    sampler_index: str | None = Field(None, description="A1111's older name for sampler_name, used when that is empty")
     scheduler: str | None = Field(None, description="Automatic, Karras or Exponential")
     batch_size: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = 1
     n_iter: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = 1
@@ -68,30 +99,79 @@ class Txt2ImgRequest(BaseModel):
     cfg_scale: Guidance | None = Field(None, description="left out: the model's (an LCM LoRA's: 1)")
     width: Side | None = None
     height: Side | None = None
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: Fraction = 0.8
-    override_settings: dict[str, Any] = {}
-    enable_hr: bool = False
     restore_faces: bool | None = False
     tiling: bool | None = False
-    script_name: str | None = None
-    alwayson_scripts: dict[str, Any] = {}
-    subseed_strength: float = 0.0
+    do_not_save_samples: bool | None = Field(None, description=IGNORED)
+    do_not_save_grid: bool | None = Field(None, description=IGNORED)
+    eta: float | None = Field(None, description=IGNORED)
+    denoising_strength: float | None = Field(None, description=HIRES_ONLY)
+    s_min_uncond: float | None = Field(None, description=IGNORED)
+    s_churn: float | None = Field(None, description=IGNORED)
+    s_tmax: float | None = Field(None, description=IGNORED)
+    s_tmin: float | None = Field(None, description=IGNORED)
+    s_noise: float | None = Field(None, description=IGNORED)
+    override_settings: OverrideSettings = OverrideSettings()
+    override_settings_restore_afterwards: bool | None = Field(None, description=IGNORED)
+    refiner_checkpoint: str | None = Field(None, description="any name: the model's own refiner; empty or None: off")
+    refiner_switch_at: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="fraction of the steps before the refiner takes over (0.8 when left out); 1: no refiner"
+    )
+    disable_extra_networks: bool | None = Field(False, description="only false: <lora:> tags are always applied")
+    firstpass_image: str | None = Field(None, description=HIRES_ONLY)
+    comments: dict[str, Any] | None = Field(None, description=IGNORED)
+    enable_hr: bool | None = False
+    firstphase_width: int | None = Field(None, description=HIRES_ONLY)
+    firstphase_height: int | None = Field(None, description=HIRES_ONLY)
+    hr_scale: float | None = Field(None, description=HIRES_ONLY)
+    hr_upscaler: str | None = Field(None, description=HIRES_ONLY)
+    hr_second_pass_steps: int | None = Field(None, description=HIRES_ONLY)
+    hr_resize_x: int | None = Field(None, description=HIRES_ONLY)
+    hr_resize_y: int | None = Field(None, description=HIRES_ONLY)
+    hr_checkpoint_name: str | None = Field(None, description=HIRES_ONLY)
+    hr_sampler_name: str | None = Field(None, description=HIRES_ONLY)
+    hr_scheduler: str | None = Field(None, description=HIRES_ONLY)
+    hr_prompt: str | None = Field(None, description=HIRES_ONLY)
+    hr_negative_prompt: str | None = Field(None, description=HIRES_ONLY)
+    force_task_id: str | None = Field(None, description=IGNORED)
+    script_name: str | None = Field(None, description="scripts are not supported: only empty or None")
+    script_args: list[Any] | None = Field(None, description="used only with script_name; ignored")
+    send_images: bool = Field(True, description="false: the answer's images list is empty")
+    save_images: bool | None = Field(None, description="ignored: every result is stored (GET /v2/jobs)")
+    alwayson_scripts: dict[str, Any] | None = Field(None, description="scripts are not supported: only {}")
+    infotext: str | None = Field(None, description="setting fields from an infotext is not supported")
 
     @field_validator(*UNSUPPORTED)
     @classmethod
     def _refuse_unsupported(cls, value: Any, info: ValidationInfo) -> Any:
-        if value not in (UNSUPPORTED[info.field_name], None):
+        if not _is_off(value, UNSUPPORTED[info.field_name]):
             raise ValueError(f"{info.field_name} is not supported by this server")
+        return value
+
+    @field_validator("seed_resize_from_h", "seed_resize_from_w")
+    @classmethod
+    def _refuse_seed_resize(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value > 0:
+            raise ValueError(f"{info.field_name} is not supported by this server; use -1 or 0 (off)")
         return value
 
 
 class Img2ImgRequest(Txt2ImgRequest):
     init_images: list[str] = Field(min_length=1, description="base64 images; the first is used")
-    mask: str | None = Field(None, description="base64 mask, white = repaint")
-    denoising_strength: Strength = 0.75
-    mask_blur: Annotated[int, Field(ge=0, le=64)] = 4
+    mask: str | None = Field(None, description="base64 mask, white = repaint; empty or None: no mask")
+    denoising_strength: Strength | None = Field(0.75, description="how much of the image is re-drawn (0.75)")
+    mask_blur: Annotated[int, Field(ge=0, le=64)] | None = Field(None, description="both axes (default 4)")
+    mask_blur_x: Annotated[int, Field(ge=0, le=64)] = 4
+    mask_blur_y: Annotated[int, Field(ge=0, le=64)] = 4
     inpainting_mask_invert: Annotated[int, Field(ge=0, le=1)] = 0
+    resize_mode: int | None = Field(None, description=IGNORED)
+    image_cfg_scale: float | None = Field(None, description=IGNORED)
+    mask_round: bool | None = Field(None, description=IGNORED)
+    inpainting_fill: int | None = Field(None, description=IGNORED)
+    inpaint_full_res: bool | int | None = Field(None, description=IGNORED)
+    inpaint_full_res_padding: int | None = Field(None, description=IGNORED)
+    initial_noise_multiplier: float | None = Field(None, description=IGNORED)
+    latent_mask: str | None = Field(None, description=IGNORED)
+    include_init_images: bool | None = Field(None, description=IGNORED)
 
 
 class Txt2ImgResponse(BaseModel):
@@ -105,22 +185,45 @@ class OptionsUpdate(BaseModel, extra="allow"):
 
 
 def _scheduler(body: Txt2ImgRequest) -> str | None:
-    """A1111 splits sampler and sigma schedule ("DPM++ 2M" + "Karras"); ssdxl names them together."""
-    if body.sampler_name is None:
+    """A1111 splits sampler and sigma schedule ("DPM++ 2M" + "Karras"); ssdxl names them together.
+    ``sampler_index`` is A1111's older field, used when ``sampler_name`` is empty (as A1111 does)."""
+    field, sampler = ("sampler_name", body.sampler_name) if body.sampler_name else ("sampler_index", body.sampler_index)
+    if not sampler:
         return None
     suffix = SIGMA_SCHEDULES.get((body.scheduler or "automatic").lower())
     if suffix is None:
         raise FieldError("scheduler", f"unknown schedule {body.scheduler!r}; use Automatic, Karras or Exponential")
-    name = body.sampler_name if body.sampler_name.endswith(suffix) else body.sampler_name + suffix
+    name = sampler if sampler.endswith(suffix) else sampler + suffix
     try:
         return resolve_scheduler(name).name
     except UserError as exc:
-        raise FieldError("sampler_name", str(exc)) from None
+        raise FieldError(field, str(exc)) from None
+
+
+DEFAULT_SWITCH = 0.8
+
+
+def _refiner(body: Txt2ImgRequest) -> tuple[bool, float]:
+    """(use the model's refiner, fraction of steps before it takes over). Without ``refiner_checkpoint`` any
+    ``refiner_switch_at`` (A1111's default payload sends 0) is off; with one, 1 means it never takes over."""
+    switch = body.refiner_switch_at
+    if body.refiner_checkpoint in NO_NAME or switch == 1:
+        return False, DEFAULT_SWITCH
+    if switch is None:
+        return True, DEFAULT_SWITCH
+    if switch <= 0:
+        raise FieldError(
+            "refiner_switch_at",
+            "with refiner_checkpoint it must be above 0 (the fraction of steps before the refiner takes over; "
+            "this server cannot run a whole image on the refiner) or 1 for no refiner",
+        )
+    return True, switch
 
 
 def to_generation_request(body: Txt2ImgRequest) -> GenerationRequest:
     if body.batch_size * body.n_iter > MAX_SAMPLES:
         raise FieldError("batch_size", f"batch_size x n_iter must be at most {MAX_SAMPLES}")
+    refiner, switch = _refiner(body)
     request = GenerationRequest(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
@@ -131,17 +234,20 @@ def to_generation_request(body: Txt2ImgRequest) -> GenerationRequest:
         scheduler=_scheduler(body),
         seed=body.seed,
         samples=body.batch_size * body.n_iter,
-        refiner=body.refiner_checkpoint is not None,
-        high_noise_fraction=body.refiner_switch_at,
+        refiner=refiner,
+        high_noise_fraction=switch,
     )
     if isinstance(body, Img2ImgRequest):
         request.init_image = decode_image("init_images", body.init_images[0])
-        request.strength = body.denoising_strength
-        if body.mask:
+        request.strength = 0.75 if body.denoising_strength is None else body.denoising_strength
+        if body.mask:  # A1111 treats an empty mask as none
             mask = decode_image("mask", body.mask).convert("L")
             if body.inpainting_mask_invert:
                 mask = mask.point(lambda v: 255 - v)
-            request.mask_image = mask.filter(ImageFilter.GaussianBlur(body.mask_blur)) if body.mask_blur else mask
+            blur = (
+                (body.mask_blur, body.mask_blur) if body.mask_blur is not None else (body.mask_blur_x, body.mask_blur_y)
+            )
+            request.mask_image = mask.filter(ImageFilter.GaussianBlur(blur)) if any(blur) else mask
     return request
 
 
@@ -157,7 +263,11 @@ def _model_setting(caller: ApiKey | None) -> str:
 async def _generate(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
     service: JobService = request.app.state.service
     caller = request_key(request)
-    model = body.override_settings.get("sd_model_checkpoint") or _current_model(service, caller)
+    chosen = body.override_settings.sd_model_checkpoint
+    if chosen:
+        model = service.registry.check(chosen, field="override_settings.sd_model_checkpoint")
+    else:
+        model = _current_model(service, caller)
     generation = to_generation_request(body)
     images = await service.run(generation, model=model, caller=caller)
     info = {
@@ -170,7 +280,7 @@ async def _generate(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
         "sd_model_name": model,
     }
     return Txt2ImgResponse(
-        images=[base64.b64encode(i.path.read_bytes()).decode() for i in images],
+        images=[base64.b64encode(i.path.read_bytes()).decode() for i in images] if body.send_images else [],
         parameters=body.model_dump(exclude={"init_images", "mask"}),
         info=json.dumps(info),
     )

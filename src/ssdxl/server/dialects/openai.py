@@ -18,9 +18,11 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ssdxl.sampling.engine import MAX_SEED
 from ssdxl.sampling.request import GenerationRequest
 from ssdxl.server.adapters import parse_loras
 from ssdxl.server.auth import request_key
@@ -151,24 +153,33 @@ async def edits(
     response_format: Annotated[ResponseFormat | None, Form()] = None,
     output_format: Annotated[OutputFormat, Form()] = "png",
     negative_prompt: Annotated[str, Form(max_length=MAX_PROMPT_CHARS)] = "",
-    seed: Annotated[int, Form(ge=-1)] = -1,
+    seed: Annotated[int, Form(ge=-1, le=MAX_SEED - MAX_SAMPLES, description="-1 picks a random seed")] = -1,
     steps: Annotated[int | None, Form(ge=1, le=MAX_STEPS)] = None,
+    guidance_scale: Annotated[float | None, Form(ge=0, le=50)] = None,
+    scheduler: Annotated[str | None, Form(description="e.g. Euler, 'DPM++ 2M Karras'")] = None,
+    prompt_syntax: Annotated[PromptSyntax, Form()] = "a1111",
 ) -> ImagesResponse:
     """Edit an uploaded image (multipart ``image``, or ``image[]`` as the newer clients send it)."""
     upload = image or (image_list[0] if image_list else None)
     if upload is None:
         raise FieldError("image", "an image file is required")
-    body = ImageGenerationRequest(
-        prompt=prompt,
-        model=model,
-        n=n,
-        size=size,
-        response_format=response_format,
-        output_format=output_format,
-        negative_prompt=negative_prompt,
-        seed=seed,
-        steps=steps,
-    )
+    try:
+        body = ImageGenerationRequest(
+            prompt=prompt,
+            model=model,
+            n=n,
+            size=size,
+            response_format=response_format,
+            output_format=output_format,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            scheduler=scheduler,
+            prompt_syntax=prompt_syntax,
+        )
+    except ValidationError as exc:  # a form value the JSON model refuses: the request's 422, never a 500
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     source = await _upload("image", upload)
     generation = to_generation_request(body)
     generation.init_image = source.convert("RGB")

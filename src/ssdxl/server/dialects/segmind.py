@@ -93,8 +93,8 @@ def to_generation_request(body: SegmindRequest, *, refiner_available: bool) -> G
         scheduler=body.scheduler,
         seed=body.seed,
         samples=body.samples,
-        init_image=decode_image("image", body.image) if body.image else None,
-        strength=body.strength if body.image else None,
+        init_image=decode_image("image", body.image) if body.image is not None else None,  # "" is a 422, not txt2img
+        strength=body.strength if body.image is not None else None,
         refiner=body.refiner and refiner_available,
         high_noise_fraction=body.high_noise_fraction,
         loras=parse_loras(body.loras),
