@@ -98,6 +98,16 @@ class AdapterPatcher:
                 self._unfuse(backup)
             pipe.disable_lora()
 
+    def check_fit(self, embedding: Embedding) -> None:
+        """A one-line UserError unless ``embedding`` has vectors for every text encoder of this model."""
+        for tower, encoder, _ in self._towers():
+            embedding.for_tower(tower, _width(encoder))
+
+    def _towers(self) -> list[tuple[str, torch.nn.Module, object]]:
+        """(name, text encoder, tokenizer) of each text tower the model has."""
+        pipe = self.pipeline
+        return [(t, getattr(pipe, t), getattr(pipe, tok)) for t, tok in TOWERS if getattr(pipe, t) is not None]
+
     @contextmanager
     def embeddings_loaded(self, embeddings: list[Embedding]) -> Iterator[Callable[[str], str]]:
         """The text encoders with ``embeddings`` added as tokens (diffusers' ``load_textual_inversion``, one
@@ -107,15 +117,13 @@ class AdapterPatcher:
             yield lambda prompt: prompt
             return
         pipe = self.pipeline
-        towers = [(t, getattr(pipe, t), getattr(pipe, tok)) for t, tok in TOWERS if getattr(pipe, t) is not None]
         loaded = []
         try:
             with outside_inference_mode():  # the resized vocabulary must stay an ordinary tensor (peft needs it)
                 for embedding in embeddings:
                     token = _token(embedding.name)
-                    for tower, encoder, tokenizer in towers:
-                        width = encoder.get_input_embeddings().weight.shape[1]
-                        vectors = embedding.for_tower(tower, width).to(encoder.dtype)
+                    for tower, encoder, tokenizer in self._towers():
+                        vectors = embedding.for_tower(tower, _width(encoder)).to(encoder.dtype)
                         pipe.load_textual_inversion(
                             {token: vectors}, token=token, tokenizer=tokenizer, text_encoder=encoder
                         )
@@ -216,6 +224,10 @@ def outside_inference_mode() -> Iterator[None]:
     ``torch.inference_mode``: an inference tensor left in a module breaks the next peft injection."""
     with torch.inference_mode(False), torch.no_grad():
         yield
+
+
+def _width(encoder: torch.nn.Module) -> int:
+    return encoder.get_input_embeddings().weight.shape[1]
 
 
 def embedding_tokens(embeddings: list[Embedding]) -> dict[str, list[str]]:

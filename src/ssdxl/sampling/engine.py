@@ -155,11 +155,8 @@ class Engine:
         r.loras = [(str(info.path), weight) for info, weight in infos]
         named = self.adapters.embeddings_named_in(r.prompt, r.negative_prompt)
         embeddings = {e.path.resolve(): e for e in map(self.adapters.embedding, [*r.embeddings, *named])}
-        for embedding in embeddings.values():  # vectors for every text encoder, or a one-line error now
-            for tower in ("text_encoder", "text_encoder_2"):
-                encoder = getattr(self.base.components, tower)
-                if encoder is not None:
-                    embedding.for_tower(tower, encoder.get_input_embeddings().weight.shape[1])
+        for embedding in embeddings.values():
+            self.patcher.check_fit(embedding)  # vectors for every text encoder, or a one-line error now
         r.embeddings = [str(path) for path in embeddings]
         few_step = next((info.few_step for info, weight in infos if info.few_step and weight > 0), None)
         few_step = few_step or FEW_STEP_SCHEDULERS.get(self.base.components.scheduler_config.get("_class_name"))
