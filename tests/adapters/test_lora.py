@@ -165,17 +165,24 @@ def test_few_step_loras_bring_their_sampler_steps_and_guidance(engine, adapter_d
     assert image.params["scheduler"] == "LCM" and np.isfinite(np.asarray(image.image)).all()
 
 
+class _ExportedUNet:
+    """Stands in for an OpenVINO UNet traced for every latent size."""
+
+    def supports(self, shape) -> bool:
+        return True
+
+
 def test_deepcache_runs_the_lora_and_openvino_falls_back_and_says_so(engine, adapter_dirs):
     from ssdxl.speed.runtime import Runtime
 
     style = [(str(adapter_dirs[0] / "style.safetensors"), 1.0)]
     assert not np.array_equal(ours(engine, cache_interval=2, loras=style), ours(engine, cache_interval=2))
     unet = engine.base.components.unet
-    runtime = Runtime("openvino", unets={id(unet): object()})
+    runtime = Runtime("openvino", unets={id(unet): _ExportedUNet()})
     latents = torch.zeros(1, 4, 8, 8)
     assert runtime.unet(unet, latents, patched=True) is unet
-    assert "OpenVINO export has no LoRAs" in runtime.unet_path(unet, 1, patched=True)
-    assert runtime.unet_path(unet, 1, patched=False) == "openvino"
+    assert "OpenVINO export has no LoRAs" in runtime.unet_path(unet, latents, 1, patched=True)
+    assert runtime.unet_path(unet, latents, 1, patched=False) == "openvino"
     params = engine.generate(GenerationRequest("x", **SETTINGS, loras=style)).images[0].params
     assert params["backend"] == "torch" and params["lora_hashes"] == {"style": engine.adapters.lora(style[0][0]).hash}
 

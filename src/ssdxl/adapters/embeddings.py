@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ssdxl.errors import UserError
+from ssdxl.errors import UserError, first_line
 from ssdxl.models.loading import PICKLE_HINT, PICKLE_SUFFIXES, file_hash
 
 EMBEDDING_SUFFIXES = (".safetensors", *sorted(PICKLE_SUFFIXES))
@@ -66,7 +66,7 @@ def read_embedding(path: Path, *, allow_pickle: bool = False) -> Embedding:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"embedding {path.name}: not readable ({str(exc).splitlines()[0][:200]})") from None
+        raise UserError(f"embedding {path.name}: not readable ({first_line(exc)})") from None
     return Embedding(path.stem, path, file_hash(path), _vectors(state, path.name))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ssdxl.errors import UserError
+from ssdxl.errors import UserError, first_line
 from ssdxl.models.loading import PICKLE_HINT, PICKLE_SUFFIXES, file_hash
 
 LORA_SUFFIXES = (".safetensors", *sorted(PICKLE_SUFFIXES))
@@ -99,7 +99,7 @@ def _pickle_shapes(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise UserError(f"LoRA {path.name}: cannot read it ({_first_line(exc)})") from None
+        raise UserError(f"LoRA {path.name}: cannot read it ({first_line(exc)})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else {}
     return {k: list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}, {}
 
@@ -143,8 +143,3 @@ def _few_step(path: Path, metadata: dict[str, str]) -> str | None:
     if match is None:
         return None
     return "TCD" if match.group(2).lower() == "tcd" else "LCM"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

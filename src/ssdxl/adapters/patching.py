@@ -27,7 +27,7 @@ import torch
 
 from ssdxl.adapters.embeddings import Embedding, name_pattern
 from ssdxl.adapters.lora import LoraInfo
-from ssdxl.errors import UserError
+from ssdxl.errors import UserError, first_line
 from ssdxl.models.components import Components
 
 PARTS = ("unet", "text_encoder", "text_encoder_2")
@@ -142,7 +142,7 @@ class AdapterPatcher:
         try:
             state_dict, alphas = pipe.lora_state_dict(str(lora.path), unet_config=pipe.unet.config)
         except Exception as exc:  # diffusers' converters raise ValueError / KeyError on layouts they do not know
-            raise UserError(f"LoRA {lora.name}: cannot read it as a LoRA ({_first_line(exc)})") from None
+            raise UserError(f"LoRA {lora.name}: cannot read it as a LoRA ({first_line(exc)})") from None
         wanted = {part: _module_names(state_dict, part) for part in PARTS}
         if not any(wanted.values()):
             raise UserError(f"LoRA {lora.name}: no UNet or text-encoder weights in it")
@@ -161,7 +161,7 @@ class AdapterPatcher:
             if "not found in the base model" in str(exc):
                 raise UserError(NO_MATCH.format(name=lora.name)) from None
             raise UserError(
-                f"LoRA {lora.name} does not fit this model (made for another architecture?): {_first_line(exc)}"
+                f"LoRA {lora.name} does not fit this model (made for another architecture?): {first_line(exc)}"
             ) from None
         pipe.disable_lora()  # resident but off until a request asks for it
         patched = sum(_count_layers(getattr(pipe, part), name) for part in PARTS if getattr(pipe, part) is not None)
@@ -289,8 +289,3 @@ def _lora_layers(pipe, names: list[str]) -> Iterator[torch.nn.Module]:
 
 def _present_parts(pipe) -> Iterator[str]:
     return (part for part in PARTS if getattr(pipe, part) is not None)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

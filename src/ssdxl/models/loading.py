@@ -20,7 +20,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from ssdxl.errors import UserError
+from ssdxl.errors import UserError, first_line
 from ssdxl.models import builtin
 from ssdxl.models.components import SSDXL_INFO, Components, build_components
 from ssdxl.models.presets import Preset, get_preset
@@ -69,7 +69,7 @@ def download(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, **patterns))
     except Exception as exc:
-        raise UserError(f"could not download {repo_id!r} (no network or no such repo): {_first_line(exc)}") from None
+        raise UserError(f"could not download {repo_id!r} (no network or no such repo): {first_line(exc)}") from None
 
 
 # ---------------------------------------------------------------- diffusers folders
@@ -108,7 +108,7 @@ def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool = False)
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"could not load {folder}: {_first_line(exc)}") from None
+        raise UserError(f"could not load {folder}: {first_line(exc)}") from None
     scheduler_config = _read_json(_one_of(found["scheduler"], ["scheduler_config.json"]))
     pipeline = info.get("pipeline") or {
         "force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", True),
@@ -190,9 +190,7 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str
         try:
             data = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise UserError(
-                f"{path} is not a readable checkpoint (truncated or corrupt?): {_first_line(exc)}"
-            ) from None
+            raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {first_line(exc)}") from None
         data = data.get("state_dict", data) if isinstance(data, dict) else data
         if not isinstance(data, dict):
             raise UserError(f"{path} does not hold a state dict")
@@ -206,7 +204,7 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except Exception as exc:
-        raise UserError(f"{path} is not a valid safetensors file (truncated or corrupt?): {_first_line(exc)}") from None
+        raise UserError(f"{path} is not a valid safetensors file (truncated or corrupt?): {first_line(exc)}") from None
     return tensors, metadata
 
 
@@ -222,7 +220,7 @@ def load_single_file(path: Path, *, dtype: torch.dtype, allow_pickle: bool = Fal
     try:
         components = build_components(preset, name=path.stem, empty=True)
     except Exception as exc:  # configs in bounds that still make no model (a width heads do not divide, ...)
-        raise UserError(f"{path.name}: its configs do not build a model: {_first_line(exc)}") from None
+        raise UserError(f"{path.name}: its configs do not build a model: {first_line(exc)}") from None
     state_dicts = components_from_sgm(state, preset.unet)
     for name, module in components.modules().items():
         if name not in state_dicts:
@@ -255,7 +253,7 @@ def preset_from_metadata(text: str, source: str = "the file") -> Preset:
             raise TypeError(f"expected a JSON object, got {type(data).__name__}")
         preset = Preset(**data)
     except (ValueError, TypeError) as exc:
-        raise UserError(f"{source}: unreadable {SGM_CONFIG_KEY} metadata: {_first_line(exc)}") from None
+        raise UserError(f"{source}: unreadable {SGM_CONFIG_KEY} metadata: {first_line(exc)}") from None
     check_config_bounds(preset, source)
     return preset
 
@@ -390,8 +388,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

@@ -324,7 +324,9 @@ class Engine:
                 "refiner_model": self.refiner.source if r.refiner else None,
                 "dtype": dtype_name(self.dtype),
                 "device": self.device.type,
-                "backend": self.runtime.unet_path(self.base.components.unet, r.cache_interval, bool(r.loras)),
+                "backend": self.runtime.unet_path(
+                    self.base.components.unet, row_latents, r.cache_interval, bool(r.loras)
+                ),
                 **self._adapter_records(r),
             }
             info = build_infotext(params, model_name=self.model_name, model_hash=self.base.hash, version=__version__)

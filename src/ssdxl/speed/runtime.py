@@ -77,13 +77,15 @@ class Runtime:
             return replacement
         return unet
 
-    def unet_path(self, unet: torch.nn.Module, cache_interval: int, patched: bool) -> str:
-        """How ``unet`` runs for a request, as recorded in its result: say so when adapters forced PyTorch."""
-        if cache_interval > 1:
+    def unet_path(self, unet: torch.nn.Module, latents: torch.Tensor, cache_interval: int, patched: bool) -> str:
+        """How ``unet`` runs for a request (the choice ``unet`` makes), as recorded in its result: says so when
+        adapters forced PyTorch where an OpenVINO export exists."""
+        chosen = self.unet(unet, latents, cache_interval, patched)
+        if isinstance(chosen, DeepCacheUNet):
             return "torch+deepcache"
-        if id(unet) in self.unets:
-            return "torch (the OpenVINO export has no LoRAs)" if patched else "openvino"
-        return "torch"
+        if chosen is not unet:
+            return "openvino"
+        return "torch (the OpenVINO export has no LoRAs)" if patched and id(unet) in self.unets else "torch"
 
     def decoder(self, vae: torch.nn.Module, latents: torch.Tensor) -> openvino_backend.OpenVINODecoder | None:
         """The OpenVINO decoder for ``vae``, unless the latents are large enough for PyTorch's tiled
