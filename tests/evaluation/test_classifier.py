@@ -6,6 +6,7 @@ from ssdxl.evaluation.classifier import (
     WEIGHTS,
     accuracy,
     load_shape_classifier,
+    per_class_accuracy,
     real_crops,
     train_shape_classifier,
 )
@@ -17,6 +18,8 @@ def test_shipped_weights_are_small_and_accurate():
     for degrade in (False, True):
         x, y = real_crops(seed=777, n_images=150, degrade=degrade)
         assert accuracy(model, x, y) >= 0.98
+        per_class = per_class_accuracy(model, x, y)
+        assert "heart" in per_class and min(per_class.values()) >= 0.95, per_class
 
 
 def test_training_is_deterministic():

@@ -31,6 +31,12 @@ still seen in training, so the held-out split measures compositional generalisat
   cyan square on black, yellow star on gray, green cross on navy
 
 ``split="all"`` samples without restriction (used to train the evaluation's shape classifier).
+
+Novel vocabulary, for fine-tuning proofs: the shape ``heart`` (``NOVEL_SHAPES``) and the colour
+``pink`` (``NOVEL_COLOURS``) are drawable and judged, but ``ShapesWorld`` never samples them, so the
+built-in models have never seen them. :func:`concept_scenes` samples scenes that contain them
+(``NOVEL_HELDOUT_PAIRS`` kept out of its training split), and :func:`write_scenes` writes any
+scene list as an image + caption folder.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +71,15 @@ BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
     "navy": (15, 25, 90),
     "white": (245, 245, 245),
 }
+
+#: Drawable and judged, never sampled by ``ShapesWorld``: a concept the built-in models never saw.
+NOVEL_SHAPES: tuple[str, ...] = ("heart",)
+#: Hot pink: >= 127 RGB units from every object colour, >= 148 from every background.
+NOVEL_COLOURS: dict[str, tuple[int, int, int]] = {"pink": (255, 105, 180)}
+#: Everything render and the judge know: the base vocabulary plus the novel words.
+ALL_SHAPES: tuple[str, ...] = SHAPES + NOVEL_SHAPES
+ALL_OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {**OBJECT_COLOURS, **NOVEL_COLOURS}
+NOVEL_WORDS: tuple[str, ...] = NOVEL_SHAPES + tuple(NOVEL_COLOURS)
 
 POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "centre")
 SIZES: tuple[str, ...] = ("small", "large")
@@ -114,8 +129,23 @@ HELDOUT_TRIPLES: frozenset[tuple[str, str, str]] = frozenset(
 #: Every held-out combination in a fixed order (pairs, then triples).
 HELDOUT_COMBINATIONS: tuple[tuple[str, ...], ...] = tuple(sorted(HELDOUT_PAIRS)) + tuple(sorted(HELDOUT_TRIPLES))
 
+#: Novel-concept (colour, shape) pairs kept out of ``concept_scenes(split="train")`` and tested by
+#: ``split="heldout"``: hearts in colours never trained with them, pink on shapes never trained pink,
+#: and the pink heart, both novel words bound together. Hearts and pink are still trained otherwise.
+NOVEL_HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("pink", "heart"),
+        ("green", "heart"),
+        ("blue", "heart"),
+        ("pink", "triangle"),
+        ("pink", "star"),
+    }
+)
+
 
 SPLITS: tuple[str, ...] = ("train", "heldout", "all")
+#: Seeds ``concept_scenes`` streams apart from every ``ShapesWorld`` stream.
+_CONCEPT_STREAM = 1000
 
 _SUPERSAMPLE = 4
 
@@ -125,10 +155,13 @@ def colour_distance(a: Sequence[float], b: Sequence[float]) -> float:
     return math.dist(a, b)
 
 
-def allowed_colours(background: str) -> tuple[str, ...]:
-    """Object colours that may be drawn on ``background`` (far enough to stay separable)."""
+def allowed_colours(background: str, palette: dict[str, tuple[int, int, int]] = OBJECT_COLOURS) -> tuple[str, ...]:
+    """Colours of ``palette`` that may be drawn on ``background`` (far enough to stay separable).
+
+    The default palette is the base one, so base-world sampling never draws a novel colour.
+    """
     bg = BACKGROUND_COLOURS[background]
-    return tuple(name for name, rgb in OBJECT_COLOURS.items() if colour_distance(rgb, bg) >= MIN_BACKGROUND_DISTANCE)
+    return tuple(name for name, rgb in palette.items() if colour_distance(rgb, bg) >= MIN_BACKGROUND_DISTANCE)
 
 
 @dataclass(frozen=True)
@@ -305,6 +338,18 @@ def _unit_outline(kind: str) -> list[tuple[float, float]]:
         cx, cy = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
         scale = max(max(xs) - min(xs), max(ys) - min(ys))
         return [((x - cx) / scale, (y - cy) / scale) for x, y in pts]
+    if kind == "heart":
+        # The classic heart curve, stretched to fill the box; its cleft is a quarter of the
+        # height deep, so the two lobes stay apart even at 12 px.
+        pts = []
+        for i in range(40):
+            t = 2 * math.pi * i / 40
+            y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+            pts.append((math.sin(t) ** 3, -y))
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        cx, cy = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
+        w, h = max(xs) - min(xs), max(ys) - min(ys)
+        return [((x - cx) / w, (y - cy) / h) for x, y in pts]
     raise ValueError(f"unknown shape kind {kind!r}")
 
 
@@ -324,7 +369,7 @@ def render(scene: Scene) -> Image.Image:
     img = Image.new("RGB", (scene.width * k, scene.height * k), BACKGROUND_COLOURS[scene.background])
     draw = ImageDraw.Draw(img)
     for obj in scene.objects:
-        _draw(draw, obj, OBJECT_COLOURS[obj.colour])
+        _draw(draw, obj, ALL_OBJECT_COLOURS[obj.colour])
     return img.reduce(k)
 
 
@@ -476,9 +521,149 @@ class ShapesWorld:
 
     def export(self, folder: str | Path, n: int) -> None:
         """Write the first ``n`` samples as ``00000.png`` + ``00000.txt`` pairs (the image-folder format)."""
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            s = self.sample(i)
-            s.image.save(out / f"{i:05d}.png")
-            (out / f"{i:05d}.txt").write_text(s.caption + "\n", encoding="utf-8")
+        write_scenes(map(self.scene, range(n)), folder)
+
+
+def write_scenes(scenes: Iterable[Scene], folder: str | Path) -> int:
+    """Render ``scenes`` to ``00000.png`` + ``00000.txt`` pairs in ``folder`` (what ``--data FOLDER`` reads).
+
+    Returns how many were written, so a fine-tuning set of any scene list is one call.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for i, scene in enumerate(scenes):
+        render(scene).save(out / f"{i:05d}.png")
+        (out / f"{i:05d}.txt").write_text(scene.caption + "\n", encoding="utf-8")
+        count += 1
+    return count
+
+
+def _check_names(what: str, values: Iterable[object], known: Iterable[object]) -> None:
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {what}: {sorted(map(str, unknown))}")
+
+
+def concept_scenes(
+    n: int,
+    seed: int = 0,
+    *,
+    split: str = "all",
+    concept: Collection[str] = NOVEL_WORDS,
+    heldout: Collection[tuple[str, ...]] = NOVEL_HELDOUT_PAIRS,
+    shapes: Sequence[str] = ALL_SHAPES,
+    colours: Sequence[str] = tuple(ALL_OBJECT_COLOURS),
+    backgrounds: Sequence[str] = tuple(BACKGROUND_COLOURS),
+    positions: Sequence[str] = POSITIONS,
+    object_sizes: Sequence[str] = SIZES,
+    relations: Sequence[str] = RELATIONS,
+    two_object_fraction: float = 0.0,
+    canvases: Sequence[tuple[int, int]] = DEFAULT_SIZES,
+    first: int = 0,
+) -> list[Scene]:
+    """Scenes ``first`` .. ``first + n - 1`` of a stream in which every scene shows a novel concept.
+
+    A separate stream from ``ShapesWorld`` (which never draws the novel words), so fine-tuning sets
+    and their test prompts can be built without touching what the built-in models were trained on.
+
+    * Every scene has an object whose shape or colour is in ``concept``. Objects are drawn from
+      ``shapes`` x ``colours`` (colours far enough from the background), on one of ``backgrounds``,
+      placed as ``positions``, ``object_sizes`` and ``relations`` allow; ``two_object_fraction`` of
+      the scenes hold two objects of different colours. Captions use the usual phrasings.
+    * ``split="train"``: no object shows a combination in ``heldout`` nor a base held-out one
+      (``HELDOUT_PAIRS``/``HELDOUT_TRIPLES``), so neither test suite leaks into fine-tuning.
+    * ``split="heldout"``: scene ``i`` shows ``sorted(heldout)[i % len(heldout)]``, a (colour, shape)
+      pair or (colour, shape, background) triple that must name a ``concept`` word; it may lie outside
+      the restricted lists (which then only restrict the background and the other object).
+    * ``split="all"``: no combination rule.
+
+    Scene ``i`` depends only on (seed, split, i) and the restrictions, not on ``n``: ``first`` gives
+    disjoint stretches of one stream.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not 0.0 <= two_object_fraction <= 1.0:
+        raise ValueError(f"two_object_fraction must be in [0, 1], got {two_object_fraction}")
+    if not canvases or any(w < 32 or h < 32 for w, h in canvases):
+        raise ValueError(f"canvas sizes must be at least 32x32, got {list(canvases)}")
+    for what, values, known in (
+        ("concept words", concept, (*ALL_SHAPES, *ALL_OBJECT_COLOURS)),
+        ("shapes", shapes, ALL_SHAPES),
+        ("colours", colours, ALL_OBJECT_COLOURS),
+        ("backgrounds", backgrounds, BACKGROUND_COLOURS),
+        ("positions", positions, POSITIONS),
+        ("sizes", object_sizes, SIZES),
+        ("relations", relations, RELATIONS),
+    ):
+        if not values:
+            raise ValueError(f"no {what} to draw from")
+        _check_names(what, values, known)
+    forced_list = sorted(heldout)
+    if split == "heldout":
+        if not forced_list:
+            raise ValueError('split="heldout" needs at least one held-out combination')
+        for combo in forced_list:
+            _check_names("shapes", combo[1:2], ALL_SHAPES)
+            _check_names("colours", combo[:1], ALL_OBJECT_COLOURS)
+            _check_names("backgrounds", combo[2:], BACKGROUND_COLOURS)
+            if not set(combo[:2]) & set(concept):
+                raise ValueError(f"held-out combination {combo} names no concept word of {sorted(concept)}")
+    banned = set(heldout) | HELDOUT_PAIRS | HELDOUT_TRIPLES if split == "train" else set()
+    palette = {c: ALL_OBJECT_COLOURS[c] for c in colours}
+
+    def shown(colour: str, kind: str, background: str) -> bool:
+        return (colour, kind) not in banned and (colour, kind, background) not in banned
+
+    def objects_on(background: str, forced: tuple[str, ...] | None) -> list[tuple[str, str]]:
+        """(colour, shape) options for the concept object on ``background``."""
+        if forced is not None:
+            fits = forced[0] in allowed_colours(background, ALL_OBJECT_COLOURS) and forced[2:] in ((), (background,))
+            return [(forced[0], forced[1])] if fits else []
+        return [
+            (c, k)
+            for c in allowed_colours(background, palette)
+            for k in shapes
+            if (c in concept or k in concept) and shown(c, k, background)
+        ]
+
+    scenes = []
+    for index in range(first, first + n):
+        rng = np.random.default_rng((seed, _CONCEPT_STREAM + SPLITS.index(split), index))
+        width, height = canvases[int(rng.integers(len(canvases)))]
+        template = int(rng.integers(N_TEMPLATES))
+        two = bool(rng.random() < two_object_fraction)
+        forced = forced_list[index % len(forced_list)] if split == "heldout" else None
+        options = [forced[2]] if forced is not None and len(forced) == 3 else list(backgrounds)
+        options = [b for b in options if objects_on(b, forced)]
+        if not options:
+            raise ValueError(f"no background allows a concept object (held-out combination {forced})")
+        background = options[int(rng.integers(len(options)))]
+        candidates = objects_on(background, forced)
+        colour, kind = candidates[int(rng.integers(len(candidates)))]
+        if not two:
+            position = positions[int(rng.integers(len(positions)))]
+            size = object_sizes[int(rng.integers(len(object_sizes)))]
+            box = _single_box(rng, position, size, width, height)
+            objects: tuple[ShapeSpec, ...] = (ShapeSpec(kind, colour, position, size, box),)
+            scenes.append(Scene(background, objects, None, width, height, template))
+            continue
+        partners = [
+            (c, k)
+            for c in allowed_colours(background, palette)
+            for k in shapes
+            if c != colour and shown(c, k, background)
+        ]
+        if not partners:
+            raise ValueError(f"no second object fits beside a {colour} {kind} on {background}")
+        pair = [(colour, kind), partners[int(rng.integers(len(partners)))]]
+        if rng.random() < 0.5:
+            pair.reverse()
+        relation = relations[int(rng.integers(len(relations)))]
+        box_a, box_b = _pair_boxes(rng, relation, width, height)
+        objects = (
+            ShapeSpec(pair[0][1], pair[0][0], None, None, box_a),
+            ShapeSpec(pair[1][1], pair[1][0], None, None, box_b),
+        )
+        scenes.append(Scene(background, objects, relation, width, height, template))
+    return scenes

@@ -6,18 +6,29 @@ generated once, judged attribute by attribute (:mod:`ssdxl.evaluation.judge`), a
 generated objects are compared with real renders of the same scenes by FID in the shape
 classifier's feature space (:mod:`ssdxl.evaluation.fid`), which sees shape quality that
 the yes/no attribute checks saturate on.
+
+:func:`novel_suite` is the same kind of suite for the novel concept (heart, pink) that a
+fine-tuning proof teaches: held-out combinations of it that ``concept_scenes(split="train")``
+never shows. ``adherence_suite`` is then the control: what the fine-tune must not break.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from ssdxl.data.shapes import HELDOUT_COMBINATIONS, Scene, render, sample_scene
+from ssdxl.data.shapes import (
+    HELDOUT_COMBINATIONS,
+    NOVEL_HELDOUT_PAIRS,
+    Scene,
+    concept_scenes,
+    render,
+    sample_scene,
+)
 from ssdxl.evaluation.fid import frechet_distance
 from ssdxl.evaluation.judge import Judge
 
@@ -26,6 +37,9 @@ Generate = Callable[[str, int, int, int], Image.Image]
 
 #: Report rows in display order; single-only and pair-only attributes are counted where they apply.
 ATTRIBUTES = ("background", "colour", "shape", "position", "size", "both_objects", "relation", "all")
+#: Stream index of the novel suite's first two-object scene: far from its one-object scenes, so the
+#: two parts are independent draws (and neither depends on the other's length).
+_NOVEL_PAIRS_START = 1 << 20
 
 
 def adherence_suite(n_single: int = 50, n_double: int = 50, seed: int = 0) -> list[Scene]:
@@ -41,6 +55,24 @@ def adherence_suite(n_single: int = 50, n_double: int = 50, seed: int = 0) -> li
             forced = HELDOUT_COMBINATIONS[i % len(HELDOUT_COMBINATIONS)]
             suite.append(sample_scene(rng, two_objects=two, forced=forced))
     return suite
+
+
+def novel_suite(
+    n_single: int = 50,
+    n_double: int = 50,
+    seed: int = 0,
+    heldout: Collection[tuple[str, ...]] = NOVEL_HELDOUT_PAIRS,
+) -> list[Scene]:
+    """Held-out novel-concept scenes: ``n_single`` one-object then ``n_double`` two-object ones.
+
+    Each shows one of ``heldout`` (cycled, so each is tested about equally), combinations that
+    ``concept_scenes(split="train", heldout=heldout)`` -- the fine-tuning set -- never contains.
+    """
+    singles = concept_scenes(n_single, seed, split="heldout", heldout=heldout)
+    doubles = concept_scenes(
+        n_double, seed, split="heldout", heldout=heldout, two_object_fraction=1.0, first=_NOVEL_PAIRS_START
+    )
+    return singles + doubles
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ssdxl.data.shapes import BACKGROUND_COLOURS, OBJECT_COLOURS
+from ssdxl.data.shapes import ALL_OBJECT_COLOURS, BACKGROUND_COLOURS
 
 #: A pixel is foreground when this far (RGB distance) from the background; about half the
 #: smallest object/background separation the shapes world allows.
@@ -47,7 +47,9 @@ class Blob:
 
     @property
     def colour(self) -> str:
-        return nearest_name(self.rgb, OBJECT_COLOURS)
+        # Novel colours included: a fine-tuned model's pink must read as pink, and a base model
+        # never draws it, so on base scenes it only catches colours that were wrong anyway.
+        return nearest_name(self.rgb, ALL_OBJECT_COLOURS)
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,16 @@ class IndexedSource(Protocol):
     def sample(self, index: int) -> CaptionedImage: ...
 
 
-def open_source(data: str, seed: int, two_object_fraction: float = 0.3, split: str = "train") -> IndexedSource:
-    """``"shapes"`` is the procedural world; anything else is a folder of images + captions."""
+def open_source(
+    data: str, seed: int, two_object_fraction: float = 0.3, split: str = "train", caption: str | None = None
+) -> IndexedSource:
+    """``"shapes"`` is the procedural world; anything else is a folder of images + captions.
+
+    ``caption`` captions every folder image alike (DreamBooth); the shapes world writes its own.
+    """
     if data == "shapes":
+        if caption is not None:
+            raise UserError("a fixed caption applies to a folder of images, not to the 'shapes' world")
         from ssdxl.data.shapes import ShapesWorld
 
         return ShapesWorld(seed=seed, split=split, two_object_fraction=two_object_fraction)
@@ -45,7 +52,7 @@ def open_source(data: str, seed: int, two_object_fraction: float = 0.3, split: s
 
     if not Path(data).exists():
         raise UserError(f"--data must be 'shapes' or an existing folder of images + captions; got {data!r}")
-    return ImageCaptionFolder(data)
+    return ImageCaptionFolder(data, caption=caption)
 
 
 @dataclass
@@ -56,21 +63,87 @@ class Batch:
     contrasts: list[str | None] | None = None  # per image, a near-miss caption it does not fit
 
 
-def fit_to_bucket(image: Image.Image, buckets: list[tuple[int, int]]) -> tuple[Image.Image, list[float]]:
-    """Resize-and-centre-crop ``image`` to the bucket nearest its aspect ratio.
+def aspect_buckets(resolution: int, multiple: int, max_ratio: float = 2.0) -> list[tuple[int, int]]:
+    """SDXL-style (W, H) buckets of about ``resolution``² pixels, sides multiples of ``multiple``.
+
+    Each width above the square gets the tallest height that keeps the area at or under resolution²
+    (which reproduces SDXL's published 1024 buckets), plus its portrait twin, while W/H <= ``max_ratio``.
+    Square first, then pairs by growing aspect ratio, so ``buckets[0]`` is the natural default size.
+    """
+    if multiple <= 0 or resolution < multiple:
+        raise UserError(f"bucket resolution {resolution} must be at least its multiple {multiple} (> 0)")
+    if max_ratio < 1:
+        raise UserError(f"bucket max aspect ratio must be at least 1; got {max_ratio}")
+    side = resolution // multiple * multiple
+    buckets = [(side, side)]
+    width = side + multiple
+    while True:
+        height = resolution * resolution // width // multiple * multiple
+        if height < multiple or width / height > max_ratio:
+            break
+        for bucket in ((width, height), (height, width)):
+            if bucket not in buckets:
+                buckets.append(bucket)
+        width += multiple
+    return buckets
+
+
+def nearest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is nearest (in log ratio) that of a ``(W, H)`` image."""
+    w, h = size
+    return min(buckets, key=lambda b: abs(math.log((b[0] / b[1]) / (w / h))))
+
+
+def used_buckets(source: IndexedSource, buckets: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The buckets (in their given order) some image of ``source`` maps to: a square-photo set trains at one size.
+
+    Reads only image headers when the source offers ``image_size`` (a folder). An endless source
+    (the shapes world) has no end to survey, so it keeps all buckets.
+    """
+    if not hasattr(source, "__len__"):
+        return list(buckets)
+    size_of = getattr(source, "image_size", None)
+    used = set()
+    for index in range(len(source)):  # type: ignore[arg-type]
+        size = size_of(index) if size_of is not None else source.sample(index).image.size
+        used.add(nearest_bucket(size, buckets))
+    return [b for b in dict.fromkeys(buckets) if b in used]
+
+
+def fit_to_bucket(
+    image: Image.Image,
+    buckets: list[tuple[int, int]],
+    crop: str = "center",
+    flip: bool = False,
+    rng: np.random.Generator | None = None,
+) -> tuple[Image.Image, list[float]]:
+    """Resize-and-crop ``image`` to the bucket nearest its aspect ratio, optionally mirrored.
 
     Returns the bucket-sized image and its SDXL ``time_ids`` (original size, crop top-left in
-    the resized image, target size), so the model learns what each image really was.
+    the resized image, target size), so the model learns what each image really was. ``crop="random"``
+    draws the offset from ``rng``. A mirrored image records the crop's left edge in the mirrored resized
+    image (``resized_w - left - target_w``): the same crop it would be had the flip come before the crop,
+    as diffusers' current SDXL scripts do (their older ``x1 = image.width - x1``, after a crop, used the
+    cropped width and could go negative).
     """
     w, h = image.size
-    bw, bh = min(buckets, key=lambda b: abs(math.log((b[0] / b[1]) / (w / h))))
+    bw, bh = nearest_bucket((w, h), buckets)
+    rw = bw
     if (w, h) != (bw, bh):
         scale = max(bw / w, bh / h)
         rw, rh = max(bw, round(w * scale)), max(bh, round(h * scale))
-        left, top = (rw - bw) // 2, (rh - bh) // 2
+        if crop == "random":
+            if rng is None:
+                raise ValueError("a random crop needs a numpy Generator")
+            top, left = int(rng.integers(rh - bh + 1)), int(rng.integers(rw - bw + 1))
+        else:
+            left, top = (rw - bw) // 2, (rh - bh) // 2
         image = image.resize((rw, rh), Image.Resampling.LANCZOS).crop((left, top, left + bw, top + bh))
     else:
         left = top = 0
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        left = rw - left - bw
     return image, [h, w, top, left, bh, bw]
 
 
@@ -81,9 +154,28 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 class BucketBatches:
-    """An endless, resumable iterator of ``Batch``es, every batch one bucket size."""
+    """An endless, resumable iterator of ``Batch``es, every batch one bucket size.
 
-    def __init__(self, source: IndexedSource, buckets: list[tuple[int, int]], batch_size: int, seed: int) -> None:
+    ``crop="random"`` and ``flip`` (a probability) augment each image from a generator seeded by
+    ``(seed, 3, global position)``, so a resumed run redraws exactly the crops and flips it would have.
+    The defaults draw nothing and give the batches this class always gave.
+    """
+
+    def __init__(
+        self,
+        source: IndexedSource,
+        buckets: list[tuple[int, int]],
+        batch_size: int,
+        seed: int,
+        crop: str = "center",
+        flip: float = 0.0,
+    ) -> None:
+        if crop not in ("center", "random"):
+            raise UserError(f"crop must be 'center' or 'random'; got {crop!r}")
+        if not 0.0 <= flip <= 1.0:
+            raise UserError(f"flip is a probability between 0 and 1; got {flip}")
+        self.crop = crop
+        self.flip = flip
         self.source = source
         self.buckets = buckets
         self.batch_size = batch_size
@@ -130,7 +222,12 @@ class BucketBatches:
         start = pool * self.pool_size
         for position in range(start, start + self.pool_size):
             sample = self.source.sample(self._index(position))
-            image, time_ids = fit_to_bucket(sample.image, self.buckets)
+            if self.crop == "center" and self.flip == 0:
+                image, time_ids = fit_to_bucket(sample.image, self.buckets)
+            else:
+                rng = np.random.default_rng((self.seed, 3, position))
+                flip = bool(rng.random() < self.flip)  # drawn first: the crops don't depend on the flip rate
+                image, time_ids = fit_to_bucket(sample.image, self.buckets, self.crop, flip, rng)
             contrast = getattr(sample, "contrast", None)
             by_bucket.setdefault(image.size, []).append((to_tensor(image), sample.caption, time_ids, contrast))
         batches = []
