@@ -68,3 +68,24 @@ def test_unipc_segmind_clients_default_keeps_the_builtin_models_adherence():
 
     report = evaluate(generate, adherence_suite(10, 10, 0))
     assert report.accuracy["colour"] >= 0.95 and report.accuracy["all"] >= 0.9, report.accuracy
+
+
+def test_the_few_step_loras_ship_and_draw_in_four_steps():
+    """`shapes-rt` / `shapes-ssd1b-rt` (scripts/finetune_proof.py --ship): found by name with no --lora-dir,
+    recognised as LCM-LoRAs (LCM sampler, 4 steps, no guidance) and obeying prompts at 4 steps."""
+    from ssdxl.adapters.library import AdapterLibrary
+
+    library = AdapterLibrary()
+    assert {"shapes-rt", "shapes-ssd1b-rt"} <= set(library.lora_names())
+    assert library.lora("shapes-rt").few_step == "LCM"
+    engine = Engine.load(device="cpu")
+    resolved = engine.resolve(GenerationRequest("a large red circle on a black background <lora:shapes-rt:1>"))
+    assert (resolved.scheduler, resolved.steps, resolved.guidance_scale) == ("LCM", 4, 1.0)
+    scenes = [ShapesWorld(seed=5, two_object_fraction=0.0).scene(i) for i in range(6)]
+
+    def generate(prompt, width, height, seed):
+        request = GenerationRequest(prompt, width=width, height=height, seed=seed, loras=[("shapes-rt", 1.0)])
+        return engine.generate(request).images[0].image
+
+    report = evaluate(generate, scenes)
+    assert report.accuracy["background"] >= 0.8 and report.accuracy["colour"] >= 0.8 and report.accuracy["shape"] >= 0.8

@@ -15,6 +15,7 @@ from pathlib import Path
 from ssdxl.adapters.embeddings import EMBEDDING_SUFFIXES, Embedding, name_pattern, read_embedding
 from ssdxl.adapters.lora import LORA_SUFFIXES, LoraInfo, inspect_lora
 from ssdxl.errors import UserError
+from ssdxl.models import builtin
 
 PROMPT_LORA = re.compile(r"<(?:lora|lyco):([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
 
@@ -48,7 +49,7 @@ class AdapterLibrary:
         allow_paths: bool = True,
         allow_pickle: bool = False,
     ):
-        self.lora_dirs = [Path(d).expanduser() for d in lora_dirs]
+        self.lora_dirs = [Path(d).expanduser() for d in lora_dirs] + builtin.lora_dirs()  # the user's win a clash
         self.embedding_dirs = [Path(d).expanduser() for d in embedding_dirs]
         self.allow_paths = allow_paths
         self.allow_pickle = allow_pickle
@@ -113,10 +114,12 @@ class AdapterLibrary:
 
 
 def _index(folders: list[Path], suffixes: tuple[str, ...]) -> dict[str, Path]:
-    """Files by stem, searched recursively; the first folder given wins a name clash."""
+    """Files by stem, searched recursively; the first folder given wins a name clash. The run folders
+    ``ssdxl finetune`` leaves beside its outputs (``NAME.run/``) hold checkpoints, not adapters."""
     found: dict[str, Path] = {}
     for folder in folders:
         for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in suffixes and path.is_file():
+            inside_run = any(p.suffix == ".run" for p in path.relative_to(folder).parents)
+            if path.suffix.lower() in suffixes and path.is_file() and not inside_run:
                 found.setdefault(path.stem, path.resolve())
     return found

@@ -76,7 +76,8 @@ def inspect_lora(path: Path, *, allow_pickle: bool = False) -> LoraInfo:
         format=fmt,
         rank=_rank(shapes),
         parts=_parts(shapes),
-        base_model=metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture"),
+        base_model=metadata.get("ssdxl.base_model") or metadata.get("ss_base_model_version")
+        or metadata.get("modelspec.architecture"),
         few_step=_few_step(path, metadata),
     )
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ssdxl.adapters.export import kohya_key, sgm_unet_names
+
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -53,11 +55,10 @@ def make_lora(
             tensors[f"{full}.lora_A.weight"] = down
             tensors[f"{full}.lora_B.weight"] = up
         elif fmt in ("kohya", "kohya-sgm"):
-            prefix = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}[part]
             module = full.split(".", 1)[1]
             if fmt == "kohya-sgm" and part == "unet":
-                module = sgm_names.setdefault("map", _sgm_unet_names(components))[module]
-            flat = prefix + "_" + module.replace(".", "_")
+                sgm_names.setdefault("map", sgm_unet_names(components))
+            flat = kohya_key(part, module, sgm_names.get("map"))
             tensors[f"{flat}.lora_down.weight"] = down
             tensors[f"{flat}.lora_up.weight"] = up
             tensors[f"{flat}.alpha"] = torch.tensor(float(alpha if alpha is not None else rank))
@@ -66,20 +67,6 @@ def make_lora(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=metadata)
     return path
-
-
-def _sgm_unet_names(components) -> dict[str, str]:
-    """diffusers UNet module name -> SGM module name, read off ssdxl's single-file converter (a rename keeps
-    the tensor object, so the two names of one weight are found by identity)."""
-    from ssdxl.models.sgm import UNET_PREFIX, sgm_from_components
-
-    state = {name: module.state_dict() for name, module in components.modules().items()}
-    by_tensor = {id(t): key for key, t in sgm_from_components(state).items() if key.startswith(UNET_PREFIX)}
-    names = {}
-    for key, tensor in state["unet"].items():
-        if key.endswith(".weight") and id(tensor) in by_tensor:
-            names[key.removesuffix(".weight")] = by_tensor[id(tensor)].removeprefix(UNET_PREFIX).removesuffix(".weight")
-    return names
 
 
 def make_embedding(components, path: Path, *, vectors: int = 2, seed: int = 0, one_tower: bool = False) -> Path:

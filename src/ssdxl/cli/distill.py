@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ssdxl.cli.finetune import lcm
 from ssdxl.errors import UserError
 
 DEFAULT_STEPS = 1000
@@ -141,6 +142,9 @@ def plan(
     if save_layout is not None:
         save_layout.write_text(json.dumps(data_out["student"], indent=2) + "\n")
     typer.echo(json.dumps(data_out, indent=2) if as_json else text)
+
+
+app.command("lcm")(lcm)
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -386,6 +386,7 @@ SUBCOMMANDS = {
     "keys": "ssdxl.cli.serve:keys",
     "eval": "ssdxl.cli.evaluate:app",
     "distill": "ssdxl.cli.distill:app",
+    "finetune": "ssdxl.cli.finetune:app",
     "bench": "ssdxl.cli.bench:bench",
     "loras": "ssdxl.cli.adapters:loras",
     "embeddings": "ssdxl.cli.adapters:embeddings",

@@ -21,10 +21,10 @@ from ssdxl.distill.features import KD_LEVELS
 from ssdxl.distill.layout import read_mapping_file
 from ssdxl.distill.student import SELECTIONS
 from ssdxl.errors import UserError
+from ssdxl.training.accelerator import MIXED_PRECISION
 
 RUN_FOLDER = "distill"  # inside --out, beside the student's diffusers folders
 CONFIG_FILE = "config.json"
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
 
 @dataclass

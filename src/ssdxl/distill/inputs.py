@@ -17,21 +17,7 @@ from diffusers import AutoencoderKL
 from ssdxl.errors import UserError
 from ssdxl.models.components import Components
 from ssdxl.training.data import Batch
-from ssdxl.training.denoiser import NoiseSchedule, TextConditioner, caption_keep_mask
-
-
-class DeviceTextConditioner(TextConditioner):
-    """The trainer's conditioner (token ids cached per caption), with the ids kept on the towers' device."""
-
-    def __init__(self, parts: Components, device: torch.device) -> None:
-        super().__init__(parts.tokenizer, parts.tokenizer_2, parts.text_encoder, parts.text_encoder_2)
-        self.device = device
-
-    def ids(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if caption not in self.cache:
-            first, second = super().ids(caption)
-            self.cache[caption] = (first.to(self.device), second.to(self.device))
-        return self.cache[caption]
+from ssdxl.training.denoiser import DeviceTextConditioner, NoiseSchedule, TextConditioner, caption_keep_mask
 
 
 @dataclass

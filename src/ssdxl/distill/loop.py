@@ -30,13 +30,13 @@ from ssdxl.distill.student import Plan, build_student, make_plan
 from ssdxl.errors import UserError
 from ssdxl.models.components import Components
 from ssdxl.models.presets import unet_stats
+from ssdxl.training.accelerator import COMPUTE_DTYPES, own_batch
 from ssdxl.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from ssdxl.training.data import Batch, BucketBatches, IndexedSource, fixed_batches, open_source
+from ssdxl.training.data import BucketBatches, IndexedSource, fixed_batches, open_source
 from ssdxl.training.denoiser import EMA
 from ssdxl.training.optim import adamw, cosine_with_warmup
 from ssdxl.training.progress import Progress
 
-COMPUTE_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TERMS = ("task", "out", "feat")
 
 
@@ -123,7 +123,7 @@ def distill_stage(
             for _ in range(cfg.grad_accum):
                 with acc.accumulate(model):
                     with acc.autocast():
-                        x = unet_inputs(frozen, _own_batch(batches, acc), cfg.caption_dropout)
+                        x = unet_inputs(frozen, own_batch(batches, acc), cfg.caption_dropout)
                         teacher_pred = _teacher_pass(teacher_unet, x) if run_teacher else None
                     student_pred = model(**x.kwargs()).sample
                     losses = distillation_loss(student_pred, x.eps, teacher_pred, student_taps.out, teacher_taps.out,
@@ -228,12 +228,6 @@ def bucket_sizes(cfg: DistillConfig, teacher: Components) -> list[tuple[int, int
 @torch.no_grad()
 def _teacher_pass(teacher: UNet2DConditionModel, x: UNetInputs) -> torch.Tensor:
     return teacher(**x.kwargs()).sample
-
-
-def _own_batch(batches: BucketBatches, acc: Accelerator) -> Batch:
-    """Every process draws the same sequence and keeps its share, so one data position resumes them all."""
-    drawn = [next(batches) for _ in range(acc.num_processes)]
-    return drawn[acc.process_index]
 
 
 def measurement_inputs(cfg: DistillConfig, frozen: Frozen, sizes: list[tuple[int, int]]) -> list[UNetInputs]:

@@ -30,7 +30,6 @@ from ssdxl.distill.features import feature_pairs
 from ssdxl.distill.inputs import Frozen
 from ssdxl.distill.layout import Layout, resolve_layout
 from ssdxl.distill.loop import (
-    COMPUTE_DTYPES,
     bucket_sizes,
     distill_stage,
     measurement_inputs,
@@ -44,8 +43,8 @@ from ssdxl.models import builtin
 from ssdxl.models.components import Components
 from ssdxl.models.loading import load_components
 from ssdxl.models.presets import unet_stats
-from ssdxl.sampling.precision import cpu_has_fast_bf16
 from ssdxl.speed.machine import cpu_model
+from ssdxl.training.accelerator import COMPUTE_DTYPES, make_accelerator
 from ssdxl.training.export import export_model
 
 REPORT = "distill-report"
@@ -94,23 +93,6 @@ def distill(cfg: DistillConfig, resume: bool = False) -> Path:
         speed = measure_speed(unets, teacher, cfg.speed_repeats, acc) if cfg.speed_repeats else {}
         write_report(out, cfg, root, reports, speed)
     return out
-
-
-def make_accelerator(mixed_precision: str, grad_accum: int) -> Accelerator:
-    """An ``Accelerator`` for this run. accelerate keeps its state per process, and one process may
-    run several distillations (stages, the proof script, tests), so a single-process run starts afresh."""
-    from accelerate.state import AcceleratorState
-
-    if mixed_precision == "auto":
-        if torch.cuda.is_available():
-            mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            mixed_precision = "bf16" if cpu_has_fast_bf16() else "no"
-    if mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("fp16 mixed precision needs a CUDA GPU; use bf16 or no on the CPU")
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
 
 
 def publish(parts: Components, out: Path, dtype: str) -> None:

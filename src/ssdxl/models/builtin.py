@@ -1,4 +1,5 @@
-"""Models shipped inside the package: diffusers folders under ``ssdxl/builtin/<name>/``.
+"""Models shipped inside the package: diffusers folders under ``ssdxl/builtin/<name>/``, and LoRAs made
+for them under ``ssdxl/builtin/loras/``.
 
 They are trained by the project itself (``scripts/train_builtin.sh``), so ``ssdxl generate`` works
 offline on a fresh install with no ``--model``.
@@ -26,3 +27,9 @@ def names() -> list[str]:
 def resolve(name: str) -> Path | None:
     """The folder of a built-in model, or None when ``name`` is not one (names never become paths)."""
     return _root() / name if name in names() else None
+
+
+def lora_dirs() -> list[Path]:
+    """The folder of built-in LoRAs (``shapes-rt``: few-step LCM-LoRAs of the built-in models), if shipped."""
+    folder = _root() / "loras"
+    return [folder] if folder.is_dir() else []

@@ -256,6 +256,20 @@ class TextConditioner:
         return prompt_embeds, {"text_embeds": pooled, "time_ids": time_ids}
 
 
+class DeviceTextConditioner(TextConditioner):
+    """The trainer's conditioner (token ids cached per caption), with the ids kept on the towers' device."""
+
+    def __init__(self, parts: Components, device: torch.device) -> None:
+        super().__init__(parts.tokenizer, parts.tokenizer_2, parts.text_encoder, parts.text_encoder_2)
+        self.device = device
+
+    def ids(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if caption not in self.cache:
+            first, second = super().ids(caption)
+            self.cache[caption] = (first.to(self.device), second.to(self.device))
+        return self.cache[caption]
+
+
 class EMA:
     """Exponential moving average of the trained modules' weights (with the usual warm-up)."""
 

@@ -76,13 +76,18 @@ def preview_prompts(data: str, source: IndexedSource, count: int = len(SHAPES_PR
 
 
 @torch.no_grad()
-def preview_grid(parts: Components, prompts: list[str], path: Path, seed: int = 0) -> Path:
-    """Sample one image per prompt with the model's default settings and save them as a grid PNG.
+def preview_grid(parts: Components, prompts: list[str], path: Path, seed: int = 0, **settings: object) -> Path:
+    """Sample one image per prompt with the model's default settings (``settings`` overrides any of
+    width, height, steps, guidance_scale, scheduler) and save them as a grid PNG.
 
     Runs in a forked RNG so that previews never change the training run's random stream.
     """
-    defaults = parts.defaults
+    from ssdxl.sampling.schedulers import resolve_scheduler
+
+    defaults = {**parts.defaults, **settings}
     pipe = parts.diffusers_pipeline()
+    if "scheduler" in settings:
+        pipe.scheduler = resolve_scheduler(str(settings["scheduler"])).build(parts.scheduler_config)
     with torch.random.fork_rng(devices=[]):
         images = pipe(
             prompt=prompts,

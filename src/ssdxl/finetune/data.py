@@ -1,0 +1,110 @@
+"""Fine-tuning data: the user's images in aspect buckets, and DreamBooth's class images.
+
+The data is checked when the run starts (empty folder, unreadable image, missing caption, an image
+smaller than the training resolution), before a model is patched or a file written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ssdxl.data.folder import IMAGE_SUFFIXES, ImageCaptionFolder
+from ssdxl.errors import UserError
+from ssdxl.finetune.config import FinetuneConfig
+from ssdxl.models import builtin
+from ssdxl.models.components import Components
+from ssdxl.training.data import (
+    BucketBatches,
+    IndexedSource,
+    aspect_buckets,
+    nearest_bucket,
+    open_source,
+    used_buckets,
+)
+
+CLASS_BATCH = 8  # class images drawn per pipeline call
+TWO_OBJECT_FRACTION = 0.4  # shapes world: the built-in model's training mix
+
+
+def resolution(cfg: FinetuneConfig, parts: Components) -> int:
+    return cfg.resolution or int(parts.defaults.get("width", 1024))
+
+
+def size_multiple(parts: Components) -> int:
+    """Image sides must be multiples of this: the VAE's and the UNet's downsampling together."""
+    return parts.vae_scale * 2 ** (len(parts.unet.config.block_out_channels) - 1)
+
+
+def buckets_for(cfg: FinetuneConfig, parts: Components, source: IndexedSource) -> list[tuple[int, int]]:
+    side, multiple = resolution(cfg, parts), size_multiple(parts)
+    if side % multiple:
+        raise UserError(f"--resolution {side} must be a multiple of {multiple} for this model")
+    if not cfg.buckets:
+        return [(side, side)]
+    buckets = aspect_buckets(side, multiple)
+    return used_buckets(source, buckets) if hasattr(source, "__len__") else buckets
+
+
+def open_data(cfg: FinetuneConfig) -> IndexedSource:
+    """The instance images: ``shapes``, or a folder (DreamBooth: every image captioned by the instance prompt)."""
+    data = cfg.data
+    if not data:
+        if builtin.resolve(cfg.model) is None:
+            raise UserError("--data: give a folder of captioned images (the 'shapes' world only suits the built-in "
+                            "models)")  # fmt: skip
+        data = "shapes"
+    caption = cfg.instance_prompt if cfg.mode == "dreambooth" else None
+    return open_source(data, cfg.seed, TWO_OBJECT_FRACTION, caption=caption)
+
+
+def training_batches(cfg: FinetuneConfig, parts: Components) -> BucketBatches:
+    source = open_data(cfg)
+    buckets = buckets_for(cfg, parts, source)
+    if isinstance(source, ImageCaptionFolder) and not cfg.allow_upscale:
+        source.check_sizes(lambda size: nearest_bucket(size, buckets))
+    return BucketBatches(source, buckets, cfg.batch_size, seed=cfg.seed, crop=cfg.crop, flip=cfg.flip)
+
+
+def class_folder(cfg: FinetuneConfig) -> Path:
+    return Path(cfg.class_data) if cfg.class_data else cfg.run_dir / "class-images"
+
+
+def prior_batches(cfg: FinetuneConfig, parts: Components) -> BucketBatches | None:
+    """The class images of prior preservation, batched like the training images: captioned by
+    ``--class-prompt``, or by their own captions (kohya-style regularisation images)."""
+    if not cfg.prior:
+        return None
+    source = ImageCaptionFolder(class_folder(cfg), caption=cfg.class_prompt or None)
+    return BucketBatches(source, buckets_for(cfg, parts, source), cfg.batch_size, seed=cfg.seed + 1, flip=cfg.flip)
+
+
+@torch.no_grad()
+def ensure_class_images(cfg: FinetuneConfig, parts: Components) -> Path:
+    """Fill the class folder up to ``num_class_images`` with the model's own images of the class prompt
+    (at its default settings, one seed per image), as DreamBooth's prior preservation prescribes."""
+    folder = class_folder(cfg)
+    if not cfg.class_prompt:  # a folder of captioned regularisation images, used as it is
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    have = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    missing = cfg.num_class_images - len(have)
+    if missing <= 0:
+        return folder
+    pipe = parts.diffusers_pipeline()
+    defaults = parts.defaults
+    side = resolution(cfg, parts)
+    start = len(have)
+    with torch.random.fork_rng(devices=[]):
+        for first in range(start, start + missing, CLASS_BATCH):
+            count = min(CLASS_BATCH, start + missing - first)
+            generators = [torch.Generator().manual_seed(cfg.seed * 100_003 + first + i) for i in range(count)]
+            images = pipe(
+                prompt=[cfg.class_prompt] * count, width=side, height=side,
+                num_inference_steps=int(defaults.get("steps", 30)),
+                guidance_scale=float(defaults.get("guidance_scale", 5.0)), generator=generators,
+            ).images  # fmt: skip
+            for i, image in enumerate(images):
+                image.save(folder / f"class_{first + i:05d}.png")
+    return folder
