@@ -155,7 +155,8 @@ def table(rows: list[Result], baseline: Result | None = None, seconds: bool = Fa
         cells.append(f"{row.report.fid:.1f}")
         if seconds:
             cells.append(f"{row.seconds:.3f}")
-            cells.append(re.search(r"(\d+) steps?", row.name).group(1) if "steps" in row.name else "")
+            steps = int(re.search(r"(\d+) steps?", row.name).group(1))
+            cells.append(str(steps * (2 if "teacher" in row.name else 1)))  # the teacher's CFG: two calls a step
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -203,8 +204,8 @@ def rt_sections(work: Path, n: int) -> dict[str, str]:
         engine = Engine.load(teacher, device="cpu", dtype="float32", lora_dirs=(work,))
         rows = [judge(engine, f"{teacher}, 20 steps (teacher)", control)]
         for steps in (1, 2, 4, 8):
-            rows.append(judge(engine, f"{teacher} + {adapter}, {steps} steps", control, loras=[(adapter, 1.0)],
-                              steps=steps))  # fmt: skip
+            label = f"{teacher} + {adapter}, {steps} step{'s' if steps > 1 else ''}"
+            rows.append(judge(engine, label, control, loras=[(adapter, 1.0)], steps=steps))
         tables.append(table(rows, seconds=True))
     return {"rt": "\n\n".join(tables) + measured(n)}
 
@@ -256,10 +257,10 @@ def write_doc(sections: dict[str, str]) -> None:
     """Replace each ``<!-- proof:KEY:start -->`` ... ``<!-- proof:KEY:end -->`` block of the doc."""
     text = DOC.read_text()
     for key, body in sections.items():
-        pattern = re.compile(rf"(<!-- proof:{key}:start -->\n).*?(\n<!-- proof:{key}:end -->)", re.DOTALL)
+        pattern = re.compile(rf"(<!-- proof:{key}:start -->\n)(?:.*?\n)?(<!-- proof:{key}:end -->)", re.DOTALL)
         if not pattern.search(text):
             sys.exit(f"{DOC} has no proof:{key} block")
-        text = pattern.sub(lambda m, b=body: m.group(1) + b + m.group(2), text)
+        text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
     DOC.write_text(text)
     print(f"wrote {DOC}")
 

@@ -152,6 +152,8 @@ def test_full_writes_a_model_folder_and_lcm_a_few_step_lora(photos, tmp_path):
     from ssdxl.adapters.lora import inspect_lora
 
     assert inspect_lora(rt).few_step == "LCM"
+    wrong = cli("finetune", "lora", "-o", rt, "--resume")
+    assert wrong.exit_code == 2 and "ssdxl distill lcm --resume" in wrong.output
     assert (tmp_path / "shapes-rt.run" / "validation" / "step_000004.png").is_file()
     part = tmp_path / "part-rt.safetensors"
     args = ("distill", "lcm", "--teacher", "shapes", "-o", part, "--batch-size", 4, "--rank", 4,

@@ -103,11 +103,18 @@ def run(mode: str, **given: Any) -> None:
         if fixed:
             raise UserError(f"--resume keeps the run's settings; drop {', '.join(_flag(k) for k in fixed)}")
         cfg = FinetuneConfig.load(FinetuneConfig(mode=mode, model="", out=str(out)).run_dir)
+        if cfg.mode != mode:
+            command = "ssdxl distill lcm" if cfg.mode == "lcm" else f"ssdxl finetune {cfg.mode}"
+            raise UserError(f"{str(out)!r} is a {cfg.mode} run; resume it with {command} --resume")
+        cfg.out = str(out)
         for key, value in given.items():
             setattr(cfg, key, value)
     else:
         if "model" not in given:
             raise UserError(f"missing {'--teacher' if mode == 'lcm' else '--model'}")
+        for key in ("data", "class_data"):  # a resumed run may start from another folder
+            if given.get(key) and Path(given[key]).exists():
+                given[key] = str(Path(given[key]).resolve())
         cfg = FinetuneConfig(mode=mode, out=str(out), **given)
     if mode == "lcm":
         from ssdxl.distill.lcm import distill_lcm

@@ -6,7 +6,8 @@ the end of it. Per sample: a DDIM timestep ``t_n`` of the schedule cut into ``dd
 teacher (the UNet with the LoRA off) takes one classifier-free-guided DDIM step from ``t_n`` to
 ``t_{n-k}`` at a guidance scale drawn from a range (the LoRA has no guidance input, so it learns the
 range's average, as LCM-LoRA does); the student's consistency output at ``t_n`` must match the
-target network's at ``t_{n-k}`` (an EMA of the LoRA, under a Huber or L2 loss). Both outputs use
+target network's at ``t_{n-k}`` (an EMA of the LoRA, under a pseudo-Huber loss on each sample's RMS
+error, or L2). Both outputs use
 the boundary scalings ``LCMScheduler`` samples with, so the file works with it as it is.
 
 It runs in the fine-tuning loop (``ssdxl.finetune.loop``): same data, checkpoints, exact resume,
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
+from ssdxl.errors import UserError
 from ssdxl.finetune.config import FinetuneConfig
 from ssdxl.finetune.loop import finetune
 from ssdxl.finetune.objective import Losses, encode_latents
@@ -96,6 +98,11 @@ class ConsistencyObjective:
         self.unet: UNet2DConditionModel = parts.unet  # the loop swaps in accelerate's wrapper
         self.noise = DDPMScheduler.from_config(parts.scheduler_config)
         self.kind = self.noise.config.prediction_type
+        if self.kind not in ("epsilon", "v_prediction"):
+            raise UserError(f"LCM distillation needs an epsilon or v-prediction teacher, not {self.kind!r}")
+        if not 2 <= cfg.ddim_steps <= self.noise.config.num_train_timesteps:
+            raise UserError(f"--ddim-steps must be at most the teacher's {self.noise.config.num_train_timesteps} "
+                            "training timesteps")  # fmt: skip
         self.alphas = self.noise.alphas_cumprod.to(device)
         self.solver = DDIMSolver(self.noise.alphas_cumprod, cfg.ddim_steps).to(device)
         self.guidance = guidance_range(cfg, parts)

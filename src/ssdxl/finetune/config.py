@@ -112,7 +112,9 @@ class FinetuneConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR["lora" if self.lora else self.mode]
+        if self.lr is not None:
+            return self.lr
+        return DEFAULT_LR["lora" if self.lora else "full" if self.mode == "dreambooth" else self.mode]
 
     @property
     def ema(self) -> float:
@@ -192,8 +194,8 @@ class FinetuneConfig:
             raise UserError(f"--token {self.embedding_token!r} must be one word without spaces")
         if self.save_dtype not in ("float16", "bfloat16", "float32"):
             raise UserError(f"--save-dtype must be float16, bfloat16 or float32, got {self.save_dtype!r}")
-        if self.mode == "lcm" and self.ddim_steps < 2:
-            raise UserError("--ddim-steps must be at least 2")
+        if self.mode == "lcm" and not 2 <= self.ddim_steps <= 1000:
+            raise UserError("--ddim-steps must be in [2, 1000] (the training schedule's length)")
         g_min, g_max = self.guidance_min, self.guidance_max
         if (g_min is not None and g_min < 1) or (g_min is not None and g_max is not None and g_max < g_min):
             raise UserError("guidance range: need 1 <= --guidance-min <= --guidance-max")

@@ -81,7 +81,7 @@ def prior_batches(cfg: FinetuneConfig, parts: Components) -> BucketBatches | Non
 
 
 @torch.no_grad()
-def ensure_class_images(cfg: FinetuneConfig, parts: Components) -> Path:
+def ensure_class_images(cfg: FinetuneConfig, parts: Components, device: torch.device) -> Path:
     """Fill the class folder up to ``num_class_images`` with the model's own images of the class prompt
     (at its default settings, one seed per image), as DreamBooth's prior preservation prescribes."""
     folder = class_folder(cfg)
@@ -92,7 +92,7 @@ def ensure_class_images(cfg: FinetuneConfig, parts: Components) -> Path:
     missing = cfg.num_class_images - len(have)
     if missing <= 0:
         return folder
-    pipe = parts.diffusers_pipeline()
+    pipe = parts.diffusers_pipeline().to(device)  # the training device (the loop moves the parts there anyway)
     defaults = parts.defaults
     side = resolution(cfg, parts)
     start = len(have)

@@ -86,13 +86,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_objective: MakeObje
     acc = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
     device, dtype = acc.device, COMPUTE_DTYPES[acc.mixed_precision]
     batches = training_batches(cfg, parts)  # UserError on an empty, unreadable or too-small dataset
-    cfg.save()
+    if acc.is_main_process:
+        cfg.save()
 
     # Trainee: the trainable state on the model; frozen parts in the compute dtype.
-    if cfg.prior:
+    if cfg.prior and acc.is_main_process:
         from ssdxl.finetune.data import ensure_class_images
 
-        ensure_class_images(cfg, parts)  # drawn by the model before any LoRA is on it
+        ensure_class_images(cfg, parts, device)  # drawn by the model before any LoRA is on it
+    acc.wait_for_everyone()
     torch.manual_seed(cfg.seed)  # the LoRA's initial weights; a resumed run loads its own
     trainee = make_trainee(parts, cfg)
     if acc.num_processes > 1 and trainee.trains_text:
@@ -100,7 +102,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_objective: MakeObje
                         "accelerate launch")  # fmt: skip
     # Weights that train in full stay float32; the rest run in the compute dtype, with the LoRA / token
     # parameters on them cast back to float32 (diffusers' recipe for fp16/bf16 training).
+    # An SDXL VAE overflows in float16 (``force_upcast``): it stays float32 then, as in diffusers' scripts.
     whole = trainee.train_modules() if trainee.trains_whole_modules else []
+    if dtype == torch.float16 and parts.vae.config.get("force_upcast", True):
+        whole = [*whole, parts.vae]
     for module in parts.modules().values():
         module.to(device, torch.float32 if any(module is m for m in whole) else dtype)
     cast_training_params(list(parts.modules().values()), dtype=torch.float32)
@@ -130,6 +135,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_objective: MakeObje
         objective.load_state_dict(state["objective"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
+            ema.to(device)  # checkpoints load onto the CPU
         step, seconds = state["step"], state["seconds"]
         if acc.process_index:  # every process restored the main one's RNG; give each its own stream again
             torch.manual_seed(cfg.seed + acc.process_index + step)

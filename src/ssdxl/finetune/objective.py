@@ -24,7 +24,7 @@ Losses = dict[str, torch.Tensor]
 def encode_latents(parts: Components, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A posterior sample of the frozen VAE, scaled to the UNet's latent space (noise drawn on the CPU)."""
     vae = parts.vae
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):  # the VAE runs in its own dtype
         posterior = vae.encode(pixels.to(device, vae.dtype)).latent_dist
         eps = torch.randn(posterior.mean.shape).to(device, posterior.mean.dtype)
         return (posterior.mean + posterior.std * eps).float() * vae.config.scaling_factor

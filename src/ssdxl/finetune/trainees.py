@@ -190,15 +190,19 @@ class EmbeddingTrainee(Trainee):
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for tower, ids in self.ids.items():
-            getattr(self.parts, tower).get_input_embeddings().weight[ids] = state[EMBEDDING_KEYS[tower]]
+            table = getattr(self.parts, tower).get_input_embeddings().weight
+            table[ids] = state[EMBEDDING_KEYS[tower]].to(table.device, table.dtype)
 
     @torch.no_grad()
     def after_step(self) -> None:
         for tower, ids in self.ids.items():
             table = getattr(self.parts, tower).get_input_embeddings().weight
-            keep = torch.ones(len(table), dtype=torch.bool)
+            original = self.original[tower]
+            if original.device != table.device:  # the loop moved the towers after this trainee was made
+                original = self.original[tower] = original.to(table.device, table.dtype)
+            keep = torch.ones(len(table), dtype=torch.bool, device=table.device)
             keep[ids] = False
-            table[keep] = self.original[tower][keep].to(table.dtype)
+            table[keep] = original[keep]
 
     def save(self, metadata: dict[str, str]) -> Path:
         meta = {**metadata, "ssdxl.token": self.tokens[0]}
