@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from ssdxl.cli.main import app
 from ssdxl.data.shapes import ShapesWorld
-from ssdxl.finetune.config import FinetuneConfig
+from ssdxl.finetune.config import FinetuneConfig, run_folder
 from ssdxl.finetune.data import training_batches
 from ssdxl.finetune.loop import finetune
 from ssdxl.finetune.objective import DenoisingObjective
@@ -93,7 +93,7 @@ def test_resume_is_exact_and_kohya_equals_diffusers(photos, tmp_path):
     finetune(FinetuneConfig(out=str(whole), steps=6, **common))
     part = tmp_path / "part.safetensors"
     finetune(FinetuneConfig(out=str(part), steps=3, **common))
-    resumed = FinetuneConfig.load(FinetuneConfig(mode="lora", model="", out=str(part)).run_dir)
+    resumed = FinetuneConfig.load(run_folder(part))
     resumed.steps = 6
     finetune(resumed, resume=True)
     a, b = load_file(whole), load_file(part)

@@ -39,14 +39,17 @@ def _base_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
 
 
+def wild_name(part: str, module: str) -> str:
+    """``module`` of ``part`` as LoRA files in the wild name it: CLIP layers under ``text_model.``."""
+    return module if part == "unet" or module.startswith("text_model.") else "text_model." + module
+
+
 def kohya_key(part: str, module: str, sgm_names: dict[str, str] | None = None) -> str:
     """The kohya-ss name of LoRA'd ``module`` of ``part``: SGM block names for the UNet (as sd-scripts
     writes SDXL LoRAs), ``text_model.`` names for the CLIP towers."""
     if part == "unet" and sgm_names is not None:
         module = sgm_names[module]
-    elif part != "unet" and not module.startswith("text_model."):
-        module = "text_model." + module
-    return KOHYA_PREFIXES[part] + "_" + module.replace(".", "_")
+    return KOHYA_PREFIXES[part] + "_" + wild_name(part, module).replace(".", "_")
 
 
 LoraPair = tuple[torch.Tensor, torch.Tensor, float]
@@ -89,7 +92,7 @@ def save_lora(
             continue
         for name, (down, up, scale) in lora_pairs(module, adapter).items():
             if fmt == "diffusers":
-                key = f"{part}.{name if part == 'unet' or name.startswith('text_model.') else 'text_model.' + name}"
+                key = f"{part}.{wild_name(part, name)}"
                 tensors[f"{key}.lora_A.weight"] = down
                 tensors[f"{key}.lora_B.weight"] = up * scale
             else:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ssdxl.adapters.export import kohya_key, sgm_unet_names
+from ssdxl.adapters.export import kohya_key, sgm_unet_names, wild_name
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -25,9 +25,7 @@ def lora_layers(components, *, text_encoders: bool = True) -> dict[str, tuple[st
     for part, module, targets in parts:
         for name, layer in module.named_modules():
             if isinstance(layer, torch.nn.Linear) and name.endswith(targets):
-                if part != "unet" and not name.startswith("text_model."):
-                    name = "text_model." + name  # how files in the wild name CLIP layers
-                found[f"{part}.{name}"] = (part, layer)
+                found[f"{part}.{wild_name(part, name)}"] = (part, layer)
     return found
 
 
@@ -47,7 +45,7 @@ def make_lora(
     UNet layers under their SGM names, ``input_blocks_4_1_...``, as sd-scripts writes SDXL LoRAs)."""
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
-    sgm_names: dict[str, dict[str, str]] = {}
+    sgm_names = sgm_unet_names(components) if fmt == "kohya-sgm" else None
     for full, (part, layer) in lora_layers(components, text_encoders=text_encoders).items():
         down = torch.randn(rank, layer.in_features, generator=generator) * scale
         up = torch.randn(layer.out_features, rank, generator=generator) * scale
@@ -55,10 +53,7 @@ def make_lora(
             tensors[f"{full}.lora_A.weight"] = down
             tensors[f"{full}.lora_B.weight"] = up
         elif fmt in ("kohya", "kohya-sgm"):
-            module = full.split(".", 1)[1]
-            if fmt == "kohya-sgm" and part == "unet":
-                sgm_names.setdefault("map", sgm_unet_names(components))
-            flat = kohya_key(part, module, sgm_names.get("map"))
+            flat = kohya_key(part, full.split(".", 1)[1], sgm_names)
             tensors[f"{flat}.lora_down.weight"] = down
             tensors[f"{flat}.lora_up.weight"] = up
             tensors[f"{flat}.alpha"] = torch.tensor(float(alpha if alpha is not None else rank))

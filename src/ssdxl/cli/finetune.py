@@ -93,7 +93,7 @@ OPTIONS = (
 
 def run(mode: str, **given: Any) -> None:
     """Build the run's settings from the options given and train."""
-    from ssdxl.finetune.config import FinetuneConfig
+    from ssdxl.finetune.config import FinetuneConfig, run_folder
 
     given = {k: v for k, v in given.items() if v is not None and v != []}
     resume = given.pop("resume", False)
@@ -102,7 +102,7 @@ def run(mode: str, **given: Any) -> None:
         fixed = sorted(set(given) - RESUMABLE)
         if fixed:
             raise UserError(f"--resume keeps the run's settings; drop {', '.join(_flag(k) for k in fixed)}")
-        cfg = FinetuneConfig.load(FinetuneConfig(mode=mode, model="", out=str(out)).run_dir)
+        cfg = FinetuneConfig.load(run_folder(Path(out)))
         if cfg.mode != mode:
             command = "ssdxl distill lcm" if cfg.mode == "lcm" else f"ssdxl finetune {cfg.mode}"
             raise UserError(f"{str(out)!r} is a {cfg.mode} run; resume it with {command} --resume")

@@ -218,7 +218,7 @@ def teacher_with_unet(teacher: Components, unet: UNet2DConditionModel) -> Compon
 def bucket_sizes(cfg: DistillConfig, teacher: Components) -> list[tuple[int, int]]:
     """Training sizes: the configured buckets, or the teacher's default size."""
     sizes = cfg.sizes or [(int(teacher.defaults.get("width", 1024)), int(teacher.defaults.get("height", 1024)))]
-    multiple = teacher.vae_scale * 2 ** (len(teacher.unet.config.block_out_channels) - 1)
+    multiple = teacher.size_multiple
     for w, h in sizes:
         if w % multiple or h % multiple:
             raise UserError(f"training size {w}x{h} must be a multiple of {multiple} on each side for this model")

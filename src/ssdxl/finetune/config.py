@@ -94,9 +94,7 @@ class FinetuneConfig:
 
     @property
     def run_dir(self) -> Path:
-        """``style.safetensors`` -> ``style.run``; ``./tuned`` -> ``./tuned.run``."""
-        out = self.out_path
-        return out.with_name((out.stem if out.suffix == ".safetensors" else out.name) + ".run")
+        return run_folder(self.out_path)
 
     @property
     def lora(self) -> bool:
@@ -199,6 +197,12 @@ class FinetuneConfig:
         g_min, g_max = self.guidance_min, self.guidance_max
         if (g_min is not None and g_min < 1) or (g_min is not None and g_max is not None and g_max < g_min):
             raise UserError("guidance range: need 1 <= --guidance-min <= --guidance-max")
+
+
+def run_folder(out: Path) -> Path:
+    """Where a run keeps its state, beside its output: ``style.safetensors`` -> ``style.run``; ``./tuned`` ->
+    ``./tuned.run``."""
+    return out.with_name((out.stem if out.suffix == ".safetensors" else out.name) + ".run")
 
 
 def _is_word(text: str) -> bool:

@@ -32,13 +32,8 @@ def resolution(cfg: FinetuneConfig, parts: Components) -> int:
     return cfg.resolution or int(parts.defaults.get("width", 1024))
 
 
-def size_multiple(parts: Components) -> int:
-    """Image sides must be multiples of this: the VAE's and the UNet's downsampling together."""
-    return parts.vae_scale * 2 ** (len(parts.unet.config.block_out_channels) - 1)
-
-
 def buckets_for(cfg: FinetuneConfig, parts: Components, source: IndexedSource) -> list[tuple[int, int]]:
-    side, multiple = resolution(cfg, parts), size_multiple(parts)
+    side, multiple = resolution(cfg, parts), parts.size_multiple
     if side % multiple:
         raise UserError(f"--resolution {side} must be a multiple of {multiple} for this model")
     if not cfg.buckets:

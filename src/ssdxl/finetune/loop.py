@@ -26,7 +26,7 @@ from diffusers.training_utils import EMAModel, cast_training_params
 
 from ssdxl.errors import UserError
 from ssdxl.finetune.config import FinetuneConfig
-from ssdxl.finetune.data import training_batches
+from ssdxl.finetune.data import ensure_class_images, prior_batches, training_batches
 from ssdxl.finetune.objective import DenoisingObjective, Losses
 from ssdxl.finetune.trainees import Trainee, make_trainee, output_metadata
 from ssdxl.models.components import Components
@@ -58,8 +58,6 @@ MakeObjective = Callable[[FinetuneConfig, Components, Trainee, DeviceTextConditi
 def denoising_objective(
     cfg: FinetuneConfig, parts: Components, trainee: Trainee, text: DeviceTextConditioner, device: torch.device
 ) -> DenoisingObjective:
-    from ssdxl.finetune.data import prior_batches
-
     return DenoisingObjective(
         parts, text, device, trains_text=trainee.trains_text, snr_gamma=cfg.snr_gamma,
         caption_dropout=cfg.caption_dropout, prior=prior_batches(cfg, parts), prior_weight=cfg.prior_weight,
@@ -91,8 +89,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_objective: MakeObje
 
     # Trainee: the trainable state on the model; frozen parts in the compute dtype.
     if cfg.prior and acc.is_main_process:
-        from ssdxl.finetune.data import ensure_class_images
-
         ensure_class_images(cfg, parts, device)  # drawn by the model before any LoRA is on it
     acc.wait_for_everyone()
     torch.manual_seed(cfg.seed)  # the LoRA's initial weights; a resumed run loads its own

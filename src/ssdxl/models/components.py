@@ -65,6 +65,11 @@ class Components:
     def vae_scale(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's and the UNet's downsampling together."""
+        return self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
     def modules(self) -> dict[str, torch.nn.Module]:
         named = {name: getattr(self, name) for name in MODULES}
         return {name: module for name, module in named.items() if module is not None}
