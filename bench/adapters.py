@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import statistics
 import tempfile
 import time
@@ -28,7 +27,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "adapters.json"
 DOC = ROOT / "docs" / "performance.md"
-START, END = "<!-- adapters:start -->", "<!-- adapters:end -->"
 SIZE, STEPS, DEFAULT_STEPS, RANK, REPEATS = 512, 4, 25, 64, 2
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 
@@ -104,7 +102,6 @@ def section(r: dict) -> str:
     speedup = lcm["default"]["total"] / lcm["lcm"]["total"]
     return "\n".join(
         [
-            START,
             "## Adapters: LoRA per step, and LCM-LoRA against the default schedule",
             "",
             f"`python bench/adapters.py`: full-size random Segmind-Vega, {SIZE}², {r['dtype']}, "
@@ -133,24 +130,17 @@ def section(r: dict) -> str:
             "",
             f"The LCM-LoRA image is {speedup:.1f}x faster end to end: fewer steps, and one UNet call a step "
             "instead of two (no classifier-free guidance).",
-            END,
         ]
     )
-
-
-def write_section(text: str) -> None:
-    """Put the section into docs/performance.md between its markers (appended the first time)."""
-    doc = DOC.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-    doc = pattern.sub(lambda _: text, doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(doc)
 
 
 def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results = measure()
     RESULTS.write_text(json.dumps(results, indent=2))
-    write_section(section(results))
+    from ssdxl.speed.report import replace_block
+
+    replace_block(DOC, "adapters", section(results), append="")
     print(f"wrote {RESULTS} and the adapters section of {DOC}")
 
 

@@ -22,7 +22,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "finetune.json"
 DOC = ROOT / "docs" / "performance.md"
-START, END = "<!-- finetune:start -->", "<!-- finetune:end -->"
 WARMUP, TIMED, BATCH = 6, 18, 8
 MODES = {  # label -> FinetuneConfig settings
     "LoRA rank 16, UNet": {"mode": "lora"},
@@ -78,16 +77,10 @@ def write_doc(result: dict, precisions: list[str]) -> None:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\n*{result['machine']}, {result['cores']} cores, {result['threads']} torch threads, batch "
                  f"{result['batch']} at 64², load average {result['load_average']}; `python bench/finetune.py`.*")
-    body = "\n".join(lines)
-    doc = DOC.read_text()
-    block = f"{START}\n{body}\n{END}"
-    if START in doc:
-        doc = re.sub(rf"{re.escape(START)}.*?{re.escape(END)}", lambda _: block, doc, flags=re.DOTALL)
-    else:
-        intro = "Seconds per optimiser step of each fine-tuning mode on the built-in model."
-        doc = doc.rstrip("\n") + f"\n\n## Fine-tuning\n\n{intro}\n\n{block}\n"
-    DOC.write_text(doc)
-    print(f"wrote {DOC}")
+    from ssdxl.speed.report import replace_block
+
+    intro = "## Fine-tuning\n\nSeconds per optimiser step of each fine-tuning mode on the built-in model."
+    replace_block(DOC, "finetune", "\n".join(lines), append=intro)
 
 
 if __name__ == "__main__":

@@ -19,26 +19,21 @@ reused and an interrupted one resumed, so the same command continues after a sto
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from ssdxl.data.shapes import OBJECT_COLOURS, Scene, ShapesWorld, concept_scenes, write_scenes
 from ssdxl.evaluation import AdherenceReport, adherence_suite, evaluate
 from ssdxl.evaluation.adherence import novel_suite
 from ssdxl.sampling.engine import Engine
 from ssdxl.sampling.request import GenerationRequest
-from ssdxl.speed.machine import cpu_model
+from ssdxl.speed.report import measured_note, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "finetuning.md"
@@ -211,9 +206,7 @@ def rt_sections(work: Path, n: int) -> dict[str, str]:
 
 
 def measured(n: int) -> str:
-    return (f"\n\n*Measured {datetime.date.today()} on {cpu_model()}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch thread(s), float32, load average {os.getloadavg()[0]:.2f}; "
-            f"{n}+{n} prompts, seed 0.*")  # fmt: skip
+    return measured_note(f"{n}+{n} prompts, seed 0")
 
 
 def main() -> None:
@@ -250,19 +243,8 @@ def main() -> None:
     for key, text in sections.items():
         print(f"\n## {key}\n{text}")
     if not args.no_doc and not args.quick:
-        write_doc(sections)
-
-
-def write_doc(sections: dict[str, str]) -> None:
-    """Replace each ``<!-- proof:KEY:start -->`` ... ``<!-- proof:KEY:end -->`` block of the doc."""
-    text = DOC.read_text()
-    for key, body in sections.items():
-        pattern = re.compile(rf"(<!-- proof:{key}:start -->\n)(?:.*?\n)?(<!-- proof:{key}:end -->)", re.DOTALL)
-        if not pattern.search(text):
-            sys.exit(f"{DOC} has no proof:{key} block")
-        text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
-    DOC.write_text(text)
-    print(f"wrote {DOC}")
+        for key, text in sections.items():
+            replace_block(DOC, f"proof:{key}", text)
 
 
 if __name__ == "__main__":

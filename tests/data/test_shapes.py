@@ -22,12 +22,15 @@ from ssdxl.data.shapes import (
     POSITION_CELLS,
     SHAPES,
     SIZE_THRESHOLD,
+    ControlMaps,
     ShapesWorld,
     _unit_outline,
     allowed_colours,
     caption,
     colour_distance,
     concept_scenes,
+    control_map,
+    object_mask,
     render,
     write_scenes,
 )
@@ -262,3 +265,36 @@ def test_write_scenes_writes_image_caption_pairs(tmp_path):
     assert write_scenes(scenes, tmp_path / "set") == 3
     assert sorted(p.name for p in (tmp_path / "set").iterdir())[:2] == ["00000.png", "00000.txt"]
     assert (tmp_path / "set" / "00002.txt").read_text().strip() == scenes[2].caption
+
+
+def test_control_maps_come_from_the_scenes_geometry():
+    """layout fills each object white on black, exactly where render draws it; edges are its outline only."""
+    world = ShapesWorld(seed=4, two_object_fraction=0.5)
+    for index in range(12):
+        scene = world.scene(index)
+        image = np.asarray(render(scene), np.float32)
+        layout = np.asarray(control_map(scene, "layout"))
+        edges = np.asarray(control_map(scene, "edges"))
+        mask = object_mask(scene)
+        assert layout.shape == edges.shape == image.shape and mask.shape == image.shape[:2]
+        assert np.array_equal(layout[..., 0] >= 128, mask)
+        drawn = np.abs(image - np.asarray(BACKGROUND_COLOURS[scene.background])).sum(-1) > 150
+        assert (drawn & mask).sum() / (drawn | mask).sum() > 0.9
+        outline = edges[..., 0] >= 128
+        inside = mask & ~outline
+        assert outline.sum() > 0 and inside.sum() > 0  # a ring, not a fill
+        grown = np.zeros_like(mask)  # every edge pixel is within 2 px of an object (a tip under half a pixel)
+        for dy, dx in itertools.product(range(-2, 3), repeat=2):
+            grown |= np.roll(mask, (dy, dx), (0, 1))
+        assert not (outline & ~grown).any()
+    with pytest.raises(ValueError, match="control map kind"):
+        control_map(world.scene(0), "depth")
+
+
+def test_control_maps_are_a_source_aligned_with_the_world():
+    world = ShapesWorld(seed=6)
+    maps = ControlMaps(world, "edges")
+    for index in (0, 7):
+        sample, control = world.sample(index), maps.sample(index)
+        assert control.caption == sample.caption and control.image.size == sample.image.size
+        assert control.image == control_map(sample.scene, "edges")

@@ -12,8 +12,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ssdxl.errors", "ssdxl.paths"),
     # the request and the device policy are plain data every layer shares
     ("ssdxl.sampling.request", "ssdxl.sampling.precision", "ssdxl.sampling.schedulers"),
-    ("ssdxl.models", "ssdxl.data"),
-    ("ssdxl.output", "ssdxl.conditioning", "ssdxl.adapters", "ssdxl.evaluation"),
+    ("ssdxl.models", "ssdxl.data", "ssdxl.upscale"),
+    ("ssdxl.output", "ssdxl.conditioning", "ssdxl.adapters", "ssdxl.control", "ssdxl.evaluation"),
     # how an engine runs its UNets (backends, DeepCache, CPU tuning): below the engine that picks them
     ("ssdxl.speed.runtime", "ssdxl.speed.openvino_backend", "ssdxl.speed.deepcache", "ssdxl.speed.tuning",
      "ssdxl.speed.machine", "ssdxl.speed.timing"),

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from serverkit import MODEL, start_thread_server
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +46,16 @@ def server(tiny_dir, adapter_dirs, tmp_path_factory):
     )
     yield handle
     stop()
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium through playwright, for the web page tests; they skip without either."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install '.[dev]')")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

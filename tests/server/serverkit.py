@@ -1,4 +1,4 @@
-"""Helpers for the server tests: in-process servers (uvicorn in a thread), `ssdxl` subprocesses, waiting.
+"""Helpers for the server tests: in-process servers (uvicorn in a thread), `ssdxl` subprocesses, waiting, the web page.
 
 Every server runs the tiny random Vega at 64x64 with 2-3 steps and one CPU thread (on a shared
 2-core machine more threads only fight), so the whole folder runs in a couple of minutes.
@@ -6,6 +6,7 @@ Every server runs the tiny random Vega at 64x64 with 2-3 steps and one CPU threa
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from PIL import Image
 
 MODEL = "vega"
 STARTUP_TIMEOUT = 180.0
@@ -117,3 +119,17 @@ def wait_for_jobs(url: str, job_ids: list[str], timeout: float, headers=None) ->
         return jobs if all(j["status"] in ("succeeded", "failed", "cancelled") for j in jobs) else None
 
     return wait_until(all_done, timeout, f"{len(job_ids)} job(s) to finish", interval=0.3)
+
+
+def generate_on_page(page, **fields) -> Image.Image:
+    """Fill ``fields`` (selector -> value), click Generate and return the new gallery image."""
+    before = page.locator("#gallery figure").count()
+    for selector, value in fields.items():
+        page.fill(selector, value)
+    page.click("#generate")
+    done = f"document.querySelectorAll('#gallery figure').length > {before} || !document.getElementById('error').hidden"
+    page.wait_for_function(done, timeout=60_000)
+    assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
+    page.wait_for_function("document.querySelector('#gallery figure img').naturalWidth > 0", timeout=30_000)
+    url = page.locator("#gallery figure img").first.get_attribute("src")
+    return Image.open(io.BytesIO(requests.get(url).content))

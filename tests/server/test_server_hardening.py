@@ -176,11 +176,11 @@ def test_a1111_nulls_and_send_images_false(server):
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"enable_hr": True}, "enable_hr"),
+        ({"enable_hr": True}, "denoising_strength"),  # A1111's default payload sends 0: no second pass to run
         ({"restore_faces": True}, "restore_faces"),
         ({"tiling": True}, "tiling"),
         ({"script_name": "x/y plot"}, "script_name"),
-        ({"alwayson_scripts": {"controlnet": {"args": []}}}, "alwayson_scripts"),
+        ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts.ADetailer"),
         ({"subseed_strength": 0.5}, "subseed_strength"),
         ({"styles": ["my style"]}, "styles"),
         ({"seed_resize_from_h": 512}, "seed_resize_from_h"),

@@ -38,7 +38,7 @@ def png_b64(size=(64, 64)):
         ("/v2/jobs", {**TINY, "refiner": True}, 422, "refiner"),
         ("/v2/jobs", {**TINY, "stepz": 3}, 422, "stepz"),
         ("/v2/jobs", {**TINY, "guidance_scale": -1}, 422, "guidance_scale"),
-        ("/sdapi/v1/txt2img", {**TINY, "enable_hr": True}, 422, "enable_hr"),
+        ("/sdapi/v1/txt2img", {**TINY, "enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, 422, "hr_upscaler"),
         ("/sdapi/v1/txt2img", {**TINY, "batch_size": 8, "n_iter": 2}, 422, "batch_size"),
         ("/sdapi/v1/txt2img", {**TINY, "sampler_name": "Euler", "scheduler": "Polyexponential"}, 422, "scheduler"),
         ("/sdapi/v1/txt2img", {**TINY, "sampler_name": "Nope"}, 422, "sampler_name"),

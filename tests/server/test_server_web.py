@@ -1,30 +1,11 @@
-"""The web page in headless Chromium: type a prompt, click Generate, watch the image appear; pick LoRAs."""
+"""The web page in headless Chromium (``browser`` in conftest.py): type a prompt, click Generate, watch the image
+appear; pick LoRAs; the hires fix and outpainting sections."""
 
-import shutil
+import io
 
-import pytest
 import requests
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def browser():
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install '.[dev]')")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+from PIL import Image
+from serverkit import generate_on_page
 
 
 def test_generate_from_the_page(browser, server):
@@ -74,3 +55,38 @@ def test_pick_loras_on_the_page(browser, server):
     job = requests.get(f"{server.url}/v2/jobs", params={"limit": 1}).json()[0]
     assert job["params"]["loras"] == [["style", 0.7]] and job["params"]["embeddings"] == ["mytok"]
     assert job["params"]["prompt"] == "a green star, mytok" and job["status"] == "succeeded"
+
+
+def test_hires_fix_from_the_page(browser, server):
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("#hires-upscaler option[value='Latent']", state="attached")
+    assert page.locator("#ip-section").is_hidden()  # no IP-Adapter served (ControlNets: the built-in one is)
+    assert page.locator("#control-section").is_visible()
+    page.click("#hires-section summary")
+    page.check("#hires")
+    page.fill("#hires-steps", "2")
+    image = generate_on_page(page, **{"#prompt": "a blue square", "#width": "64", "#height": "64", "#steps": "2"})
+    assert image.size == (128, 128)  # twice the size asked for
+    job = requests.get(f"{server.url}/v2/jobs", params={"limit": 1}).json()[0]
+    assert job["params"]["hires"]["upscaler"] == "Latent" and job["params"]["hires"]["scale"] == 2
+
+
+def test_outpaint_from_the_page(browser, server):
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("#model option[value='vega']", state="attached")
+    page.click("#outpaint-section summary")
+    original = Image.new("RGB", (64, 64), (200, 30, 30))
+    buffer = io.BytesIO()
+    original.save(buffer, format="PNG")
+    page.set_input_files(
+        "#outpaint-image", files=[{"name": "red.png", "mimeType": "image/png", "buffer": buffer.getvalue()}]
+    )
+    grown = generate_on_page(page, **{"#prompt": "a red wall", "#steps": "2", "#outpaint-right": "32"})
+    assert grown.size == (96, 64)
+    assert grown.convert("RGB").crop((0, 0, 64, 64)).tobytes() == original.tobytes()  # every original pixel kept
+    page.fill("#outpaint-right", "0")
+    page.click("#generate")  # an image with nothing to add: the server's 422, shown on the page
+    page.wait_for_selector("#error:not([hidden])")
+    assert "outpaint" in page.locator("#error").inner_text()

@@ -38,6 +38,17 @@ def prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
     return re.sub(r"\s{2,}", " ", stripped).strip(" ,") if found else prompt, found
 
 
+def split_weight(text: str, default: float = 1.0) -> tuple[str, float]:
+    """``name``, ``path`` or either with ``:WEIGHT``; a colon not followed by a number stays (``C:\\...``)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return text, default
+
+
 class AdapterLibrary:
     """LoRA and embedding files by name, from folders; ``allow_paths`` also accepts file paths."""
 

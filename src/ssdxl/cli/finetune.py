@@ -1,7 +1,8 @@
-"""``ssdxl finetune lora|dreambooth|embedding|full`` and ``ssdxl distill lcm``: one option table, one runner.
+"""``ssdxl finetune lora|dreambooth|embedding|full|controlnet`` and ``ssdxl distill lcm``: one option table,
+one runner.
 
 Every option is a row of ``OPTIONS`` (its type, help and the modes it applies to), and each
-subcommand's signature is built from the rows of its mode, so the five commands share one
+subcommand's signature is built from the rows of its mode, so the six commands share one
 definition of every option. A left-out option is ``None``: the run's default (``FinetuneConfig``),
 or on ``--resume`` the value the run started with.
 """
@@ -17,8 +18,9 @@ import typer
 
 from ssdxl.errors import UserError
 
-ALL = ("lora", "dreambooth", "embedding", "full", "lcm")
-TUNE = ("lora", "dreambooth", "embedding", "full")
+ALL = ("lora", "dreambooth", "embedding", "full", "controlnet", "lcm")
+TUNE = ("lora", "dreambooth", "embedding", "full", "controlnet")
+DRAWS = tuple(m for m in ALL if m != "controlnet")  # modes with validation images (a ControlNet needs maps)
 LORA = ("lora", "dreambooth", "lcm")
 PRIOR = ("lora", "dreambooth", "full")  # modes that can keep the model's prior with class / regularisation images
 # May change on --resume: how long and how the remaining steps run, not what is trained.
@@ -37,10 +39,16 @@ class Opt:
 OPTIONS = (
     Opt("model", str, "Model to tune: folder, .safetensors, built-in name or repo id.", TUNE),
     Opt("model", str, "Teacher: folder, .safetensors, built-in name or repo id.", ("lcm",), ("--teacher",)),
-    Opt("out", Path, "Output: a .safetensors file (LoRA, embedding) or a folder (full); run state in OUT.run/.",
-        flags=("-o", "--out")),
+    Opt("out", Path, "Output: a .safetensors file (LoRA, embedding) or a folder (full, controlnet); run state in "
+        "OUT.run/.", flags=("-o", "--out")),
     Opt("data", str, "Images with .txt captions or metadata.jsonl, or 'shapes' (the default for built-in models).",
-        ALL),
+        DRAWS),
+    Opt("data", str, "Images with metadata.jsonl (text, conditioning_image columns) or .txt captions and a "
+        "conditioning/ folder of same-name maps, or 'shapes' (the default for built-in models).", ("controlnet",)),
+    Opt("control", str, "The 'shapes' world's control map: layout (default; silhouettes) or edges (outlines).",
+        ("controlnet",)),
+    Opt("controlnet_init", str, "Start from this ControlNet (diffusers folder) instead of a copy of the UNet.",
+        ("controlnet",)),
     Opt("instance_prompt", str, "Caption of every instance image, e.g. 'a photo of sks dog'.", ("dreambooth",)),
     Opt("class_prompt", str, "The class, for prior preservation: 'a photo of a dog'; its images are drawn by the "
         "model itself.", PRIOR),
@@ -67,7 +75,7 @@ OPTIONS = (
     Opt("steps", int, "Optimiser steps (default 1000).", ALL),
     Opt("batch_size", int, "Images per process and micro-step (default 4).", ALL),
     Opt("grad_accum", int, "Micro-batches per optimiser step (default 1).", ALL),
-    Opt("lr", float, "Learning rate (default: lora 1e-4, embedding 5e-3, full 1e-5).", ALL),
+    Opt("lr", float, "Learning rate (default: lora 1e-4, embedding 5e-3, full and controlnet 1e-5).", ALL),
     Opt("lr_schedule", str, "constant (default), constant_with_warmup, cosine, linear, ...", ALL),
     Opt("warmup_steps", int, "Learning-rate warm-up steps (default 0).", ALL),
     Opt("resolution", int, "Training resolution (default: the model's default size).", ALL),
@@ -80,8 +88,9 @@ OPTIONS = (
     Opt("ema_decay", float, "EMA of the trained weights (default 0.999 for full, else off).", TUNE),
     Opt("mixed_precision", str, "auto (default), no, bf16, fp16.", ALL),
     Opt("gradient_checkpointing", bool, "Trade compute for activation memory.", ALL, ("--gradient-checkpointing",)),
-    Opt("validation_prompts", list[str], "Prompt drawn at checkpoints (repeatable).", ALL, ("--validation-prompt",)),
-    Opt("validation_every", int, "Steps between validation images (default: only at the end).", ALL),
+    Opt("validation_prompts", list[str], "Prompt drawn at checkpoints (repeatable).", DRAWS,
+        ("--validation-prompt",)),
+    Opt("validation_every", int, "Steps between validation images (default: only at the end).", DRAWS),
     Opt("checkpoint_every", int, "Steps per checkpoint; the output is rewritten each time (default 250).", ALL),
     Opt("log_every", int, "Steps per log line (default 25).", ALL),
     Opt("save_dtype", str, "Weights written as float16 (default), bfloat16 or float32.", ALL),
@@ -112,7 +121,7 @@ def run(mode: str, **given: Any) -> None:
     else:
         if "model" not in given:
             raise UserError(f"missing {'--teacher' if mode == 'lcm' else '--model'}")
-        for key in ("data", "class_data"):  # a resumed run may start from another folder
+        for key in ("data", "class_data", "controlnet_init"):  # a resumed run may start from another folder
             if given.get(key) and Path(given[key]).exists():
                 given[key] = str(Path(given[key]).resolve())
         cfg = FinetuneConfig(mode=mode, out=str(out), **given)
@@ -158,11 +167,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Fine-tune a model: a LoRA, a DreamBooth subject, a textual-inversion embedding, or every weight.",
+    help="Fine-tune a model: a LoRA, a DreamBooth subject, a textual-inversion embedding, every weight, or a "
+    "ControlNet.",
 )
 app.command("lora")(command("lora", "Train a LoRA on captioned images; writes OUT.safetensors."))
 app.command("dreambooth")(command("dreambooth", "Teach a subject from a few photos (instance prompt), with prior "
                                   "preservation on the model's own class images."))  # fmt: skip
 app.command("embedding")(command("embedding", "Learn a new word (textual inversion) for both text encoders."))
 app.command("full")(command("full", "Fine-tune every UNet weight; writes a diffusers model folder OUT."))
+app.command("controlnet")(command("controlnet", "Train a ControlNet for the model (its UNet frozen) on images and "
+                                  "their control maps; writes a diffusers ControlNet folder OUT."))  # fmt: skip
 lcm = command("lcm", "Distil TEACHER into an LCM-LoRA: 2-8 step sampling, guidance 1 (the VegaRT recipe).")

@@ -73,6 +73,13 @@ def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
     return height, width
 
 
+def check_output(path: Path) -> Path:
+    """An image file name ssdxl can write (by its suffix), or a one-line error."""
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise UserError(f"unsupported output format {path.suffix!r}; use .png, .jpg or .webp")
+    return path
+
+
 def open_image(path: Path | None, option: str):
     if path is None:
         return None
@@ -161,6 +168,56 @@ def generate(
     fuse_loras: Annotated[
         bool, typer.Option("--fuse-loras", help="Merge LoRAs into the weights for the run (no per-step cost).")
     ] = False,
+    controlnet: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--controlnet", help="ControlNet / T2I-Adapter unit: MODEL[:IMAGE][:SCALE][:key=value] (repeatable)."
+        ),
+    ] = None,
+    control_image: Annotated[
+        Path | None, typer.Option("--control-image", help="Control map of units that name none.")
+    ] = None,
+    control_scale: Annotated[float, typer.Option("--control-scale", help="Conditioning scale of units.")] = 1.0,
+    control_preprocessor: Annotated[
+        str, typer.Option("--control-preprocessor", help="Turn the control image into a map first (canny, ...).")
+    ] = "none",
+    control_start: Annotated[float, typer.Option("--control-start", help="Fraction of steps before units act.")] = 0.0,
+    control_end: Annotated[float, typer.Option("--control-end", help="Fraction of steps after which they stop.")] = 1.0,
+    guess_mode: Annotated[bool, typer.Option("--guess-mode", help="Control on the prompt branch only.")] = False,
+    control_resize: Annotated[
+        str, typer.Option("--control-resize", help="A map of another size: resize, crop or fill.")
+    ] = "resize",
+    control_type: Annotated[
+        str | None, typer.Option("--control-type", help="Union ControlNets: canny, depth, ...")
+    ] = None,
+    controlnet_dir: Annotated[
+        list[Path] | None, typer.Option("--controlnet-dir", help="Folder of ControlNets that units may name.")
+    ] = None,
+    ip_adapter: Annotated[
+        list[str] | None,
+        typer.Option("--ip-adapter", help="IP-Adapter file or folder, optionally :SCALE (repeatable)."),
+    ] = None,
+    image_prompt: Annotated[
+        list[Path] | None, typer.Option("--image-prompt", help="Picture the IP-Adapters read (repeatable).")
+    ] = None,
+    ip_adapter_dir: Annotated[
+        list[Path] | None, typer.Option("--ip-adapter-dir", help="Folder of IP-Adapter files --ip-adapter may name.")
+    ] = None,
+    ip_scale: Annotated[float, typer.Option("--ip-scale", help="Image prompt scale.")] = 1.0,
+    outpaint: Annotated[
+        str | None, typer.Option("--outpaint", help="Grow --init-image: left=256,right=256 (or x=, y=, all=).")
+    ] = None,
+    hires: Annotated[str | None, typer.Option("--hires", help="Hires fix to a scale (2x) or size (1536x1536).")] = None,
+    hires_steps: Annotated[
+        int | None, typer.Option("--hires-steps", help="Second-pass steps (default: --steps).")
+    ] = None,
+    hires_strength: Annotated[float, typer.Option("--hires-strength", help="Second-pass denoising strength.")] = 0.7,
+    upscaler: Annotated[
+        str, typer.Option("--upscaler", help="Hires upscaler: Latent modes, Lanczos, or an upscaler model file/name.")
+    ] = "Latent",
+    upscaler_dir: Annotated[
+        list[Path] | None, typer.Option("--upscaler-dir", help="Folder of upscaler models --upscaler may name.")
+    ] = None,
     from_png: Annotated[Path | None, typer.Option("--from-png", help="Re-create the image whose PNG is given.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
@@ -170,7 +227,11 @@ def generate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print paths, seeds and timings as JSON.")] = False,
 ) -> None:
-    """Generate images: txt2img, img2img (--init-image), inpainting (--mask), base + refiner, LoRAs, embeddings."""
+    """Generate images: txt2img, img2img (--init-image), inpainting (--mask), outpainting (--outpaint), base +
+    refiner, LoRAs, embeddings, ControlNets (--controlnet), IP-Adapters (--ip-adapter), hires fix (--hires)."""
+    from ssdxl.adapters.library import split_weight
+    from ssdxl.cli import control_options
+    from ssdxl.control.outpaint import parse_sides
     from ssdxl.output.files import output_paths, request_from_png, save_image
     from ssdxl.sampling.engine import Engine
     from ssdxl.sampling.request import GenerationRequest
@@ -213,12 +274,26 @@ def generate(
             negative_aesthetic_score=negative_aesthetic_score,
             guidance_cutoff=guidance_cutoff,
             cache_interval=cache_interval,
-            loras=[parse_lora_option(text) for text in lora or []],
+            loras=[split_weight(text) for text in lora or []],
             embeddings=list(embedding or []),
             prompt_syntax=prompt_syntax,
         )
     request.init_image = open_image(init_image, "--init-image")
     request.mask_image = open_image(mask, "--mask")
+    unit_defaults = {
+        "image": control_image,
+        "scale": control_scale,
+        "preprocessor": control_preprocessor,
+        "start": control_start,
+        "end": control_end,
+        "guess_mode": guess_mode,
+        "resize_mode": control_resize,
+        "control_type": control_type,
+    }
+    request.controls = control_options.control_units(list(controlnet or []), unit_defaults)
+    request.image_prompts = control_options.image_prompts(list(ip_adapter or []), list(image_prompt or []), ip_scale)
+    request.outpaint = parse_sides(outpaint) if outpaint else None
+    request.hires = control_options.hires(hires, steps=hires_steps, strength=hires_strength, upscaler=upscaler)
     if from_png is not None and request.strength is not None and request.init_image is None:
         raise UserError(f"{from_png} was made from an init image: pass it again with --init-image")
 
@@ -233,13 +308,15 @@ def generate(
         lora_dirs=tuple(lora_dir or ()),
         embedding_dirs=tuple(embedding_dir or ()),
         fuse_loras=fuse_loras,
+        controlnet_dirs=tuple(controlnet_dir or ()),
+        upscaler_dirs=tuple(upscaler_dir or ()),
+        ip_adapter_dirs=tuple(ip_adapter_dir or ()),
     )
     if tiled_vae:
         engine.enable_tiled_vae()
     resolved = engine.resolve(request)
     paths = output_paths(output, resolved.samples)
-    if paths[0].suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise UserError(f"unsupported output format {paths[0].suffix!r}; use .png, .jpg or .webp")
+    check_output(paths[0])
     result = _run_with_progress(engine, resolved, quiet or as_json)
     saved = [save_image(g, p) for g, p in zip(result.images, paths, strict=True)]
     if as_json:
@@ -265,17 +342,6 @@ def generate(
                     "names are not in this model (made for a larger one, e.g. SDXL on SSD-1B/Vega)",
                     err=True,
                 )
-
-
-def parse_lora_option(text: str) -> tuple[str, float]:
-    """``path``, ``name`` or either with ``:WEIGHT`` (a colon inside a path is kept when no number follows it)."""
-    head, sep, tail = text.rpartition(":")
-    if sep and head:
-        try:
-            return head, float(tail)
-        except ValueError:
-            pass
-    return text, 1.0
 
 
 def check_adapter_hashes(request, stored: dict[str, Any]) -> None:
@@ -391,6 +457,8 @@ SUBCOMMANDS = {
     "loras": "ssdxl.cli.adapters:loras",
     "embeddings": "ssdxl.cli.adapters:embeddings",
     "export": "ssdxl.cli.bench:export_app",
+    "upscale": "ssdxl.cli.upscale:upscale",
+    "preprocess": "ssdxl.cli.preprocess:preprocess",
 }
 
 

@@ -32,6 +32,18 @@ EmbeddingDirOption = Annotated[
     list[Path] | None,
     typer.Option("--embedding-dir", help="Folder of embeddings prompts may name; repeatable."),
 ]
+ControlnetDirOption = Annotated[
+    list[Path] | None,
+    typer.Option("--controlnet-dir", help="Folder of ControlNets / T2I-Adapters clients may name; repeatable."),
+]
+UpscalerDirOption = Annotated[
+    list[Path] | None,
+    typer.Option("--upscaler-dir", help="Folder of upscaler models (hires fix, extras) clients may name; repeatable."),
+]
+IpAdapterDirOption = Annotated[
+    list[Path] | None,
+    typer.Option("--ip-adapter-dir", help="Folder of IP-Adapter files (image encoder beside them); repeatable."),
+]
 ModelLoraOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -48,6 +60,9 @@ def _config(
     lora_dir: list[Path] | None = None,
     embedding_dir: list[Path] | None = None,
     model_lora: list[str] | None = None,
+    controlnet_dir: list[Path] | None = None,
+    upscaler_dir: list[Path] | None = None,
+    ip_adapter_dir: list[Path] | None = None,
     **settings,
 ):
     from ssdxl.server.config import ServerConfig, default_data_dir, parse_model_loras, parse_specs
@@ -59,6 +74,9 @@ def _config(
         lora_dirs=list(lora_dir or []),
         embedding_dirs=list(embedding_dir or []),
         model_loras=parse_model_loras(model_lora or []),
+        controlnet_dirs=list(controlnet_dir or []),
+        upscaler_dirs=list(upscaler_dir or []),
+        ip_adapter_dirs=list(ip_adapter_dir or []),
         **settings,
     )
 
@@ -69,6 +87,9 @@ def serve(
     lora_dir: LoraDirOption = None,
     embedding_dir: EmbeddingDirOption = None,
     model_lora: ModelLoraOption = None,
+    controlnet_dir: ControlnetDirOption = None,
+    upscaler_dir: UpscalerDirOption = None,
+    ip_adapter_dir: IpAdapterDirOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the server.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
     data: DataOption = None,
@@ -92,8 +113,9 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Serve the Segmind, AUTOMATIC1111 and OpenAI APIs, the jobs API and a web page; LoRAs and embeddings from
-    --lora-dir / --embedding-dir by name."""
+    """Serve the Segmind, AUTOMATIC1111 (with sd-webui-controlnet's) and OpenAI APIs, the jobs API and a web page;
+    LoRAs, embeddings, ControlNets, upscalers and IP-Adapters from --lora-dir / --embedding-dir / --controlnet-dir /
+    --upscaler-dir / --ip-adapter-dir by name."""
     import uvicorn
 
     from ssdxl.server.app import create_app
@@ -105,6 +127,9 @@ def serve(
         lora_dir,
         embedding_dir,
         model_lora,
+        controlnet_dir,
+        upscaler_dir,
+        ip_adapter_dir,
         redis_url=redis,
         device=device,
         dtype=dtype,
@@ -126,6 +151,9 @@ def worker(
     lora_dir: LoraDirOption = None,
     embedding_dir: EmbeddingDirOption = None,
     model_lora: ModelLoraOption = None,
+    controlnet_dir: ControlnetDirOption = None,
+    upscaler_dir: UpscalerDirOption = None,
+    ip_adapter_dir: IpAdapterDirOption = None,
     data: DataOption = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
@@ -134,7 +162,8 @@ def worker(
     burst: Annotated[bool, typer.Option("--burst", help="Exit when the queue is empty.")] = False,
 ) -> None:
     """Run jobs for a server started with --redis; --data must be the server's (shared) folder, and --model,
-    --refiner, --model-lora, --lora-dir and --embedding-dir should name what the server's do."""
+    --refiner, --model-lora, --lora-dir, --embedding-dir, --controlnet-dir, --upscaler-dir and --ip-adapter-dir should
+    name what the server's do."""
     from ssdxl.server.dispatch import run_worker
     from ssdxl.server.registry import ModelRegistry
     from ssdxl.server.runner import Runner
@@ -147,6 +176,9 @@ def worker(
         lora_dir,
         embedding_dir,
         model_lora,
+        controlnet_dir,
+        upscaler_dir,
+        ip_adapter_dir,
         device=device,
         dtype=dtype,
         threads=threads,

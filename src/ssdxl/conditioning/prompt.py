@@ -28,23 +28,25 @@ class Conditioning:
     embeds: torch.Tensor  # [B, 77, cross_attention_dim]
     pooled: torch.Tensor  # [B, pooled_dim]
     time_ids: torch.Tensor  # [B, 5 or 6]
+    image_embeds: list[torch.Tensor] | None = None  # IP-Adapter image prompts: one tensor per adapter, [B, ...]
 
     def unet_kwargs(self) -> dict:
-        return {
-            "encoder_hidden_states": self.embeds,
-            "added_cond_kwargs": {"text_embeds": self.pooled, "time_ids": self.time_ids},
-        }
+        added = {"text_embeds": self.pooled, "time_ids": self.time_ids}
+        if self.image_embeds is not None:
+            added["image_embeds"] = self.image_embeds
+        return {"encoder_hidden_states": self.embeds, "added_cond_kwargs": added}
 
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
+        images = None
+        if parts[0].image_embeds is not None:
+            images = [torch.cat(per_adapter) for per_adapter in zip(*(p.image_embeds for p in parts), strict=True)]
         return Conditioning(
             torch.cat([p.embeds for p in parts]),
             torch.cat([p.pooled for p in parts]),
             torch.cat([p.time_ids for p in parts]),
+            images,
         )
-
-    def repeat(self, n: int) -> Conditioning:
-        return Conditioning(self.embeds.repeat(n, 1, 1), self.pooled.repeat(n, 1), self.time_ids.repeat(n, 1))
 
 
 def encode_text(components: Components, prompts: list[str], syntax: str = "a1111") -> tuple[torch.Tensor, torch.Tensor]:

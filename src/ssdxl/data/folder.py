@@ -8,6 +8,10 @@ Three ways to caption, in this order of precedence for the list of samples:
 * otherwise ``photo1.png`` + ``photo1.txt`` beside it is one sample;
 * ``caption="a photo of sks dog"`` gives every image that caption (DreamBooth), so no ``.txt`` is needed.
 
+ControlNet training also needs each image's control map (``conditioning=True``): the ``conditioning_image``
+column of ``metadata.jsonl`` (a path relative to the folder, as in diffusers' ControlNet datasets), or else a
+``conditioning/`` subfolder holding a map under each image's file name.
+
 Captions are read up front (so a missing one fails at once, not an hour into a run); images are
 opened only when a sample is asked for.
 """
@@ -26,6 +30,8 @@ from ssdxl.errors import UserError, first_line
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 METADATA = "metadata.jsonl"
 CAPTION_COLUMNS = ("text", "caption", "prompt")
+CONDITIONING_COLUMN = "conditioning_image"
+CONDITIONING_FOLDER = "conditioning"
 UPSCALE_TOLERANCE = 1.1  # a 1000 px photo may train at 1024; a 512 px one may not
 _SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that turn the picture a quarter
 
@@ -47,26 +53,24 @@ class ImageCaptionFolder:
     exactly, and iterable like the shapes world's stream.
     """
 
-    def __init__(self, path: str | Path, caption: str | None = None) -> None:
+    def __init__(self, path: str | Path, caption: str | None = None, conditioning: bool = False) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             raise UserError(f"image folder {str(self.path)!r} does not exist or is not a folder")
+        self.conditioning: list[Path] = []  # each image's control map, when asked for
         if (self.path / METADATA).is_file():
-            self.images, self.captions = _read_metadata(self.path, caption)
+            self.images, self.captions, self.conditioning = _read_metadata(self.path, caption, conditioning)
         else:
             self.images, self.captions = _read_pairs(self.path, caption)
+            if conditioning:
+                self.conditioning = _conditioning_folder(self.path, self.images)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def sample(self, index: int) -> FolderSample:
         path = self.images[index]
-        try:
-            with Image.open(path) as im:
-                image = ImageOps.exif_transpose(im).convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-            raise UserError(f"cannot read image {str(path)!r}: {first_line(exc)}") from exc
-        return FolderSample(image, self.captions[index], path)
+        return FolderSample(_open_upright(path), self.captions[index], path)
 
     def __getitem__(self, index: int) -> FolderSample:
         return self.sample(index)
@@ -103,6 +107,51 @@ class ImageCaptionFolder:
             )
 
 
+class ConditioningImages:
+    """A folder's control maps as a source of their own: sample ``i`` is image ``i``'s map, stretched to that
+    image's size, so one bucket stream's crops and flips cut an image and its map alike."""
+
+    def __init__(self, folder: ImageCaptionFolder) -> None:
+        if not folder.conditioning:
+            raise ValueError("the folder was read without its conditioning images")
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def sample(self, index: int) -> FolderSample:
+        path = self.folder.conditioning[index]
+        image = _open_upright(path)
+        size = self.folder.image_size(index)
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        return FolderSample(image, self.folder.captions[index], path)
+
+
+def _open_upright(path: Path) -> Image.Image:
+    """The image at ``path`` as RGB, turned upright per its EXIF orientation; unreadable -> one-line error."""
+    try:
+        with Image.open(path) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"cannot read image {str(path)!r}: {first_line(exc)}") from exc
+
+
+def _conditioning_folder(folder: Path, images: list[Path]) -> list[Path]:
+    """Each image's map under its own file name in ``folder/conditioning/`` (the kohya-ss / A1111 habit)."""
+    maps = folder / CONDITIONING_FOLDER
+    if not maps.is_dir():
+        raise UserError(
+            f"{str(folder)!r} has no control maps: give {METADATA} a {CONDITIONING_COLUMN!r} column or add a "
+            f"{CONDITIONING_FOLDER}/ folder with a map under each image's file name"
+        )
+    missing = [p.name for p in images if not (maps / p.name).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise UserError(f"{len(missing)} image(s) in {str(folder)!r} have no map in {CONDITIONING_FOLDER}/: {shown}")
+    return [maps / p.name for p in images]
+
+
 def _upright_size(im: Image.Image) -> tuple[int, int]:
     """The header size, sides swapped for a quarter-turn EXIF orientation.
 
@@ -133,11 +182,15 @@ def _read_pairs(folder: Path, caption: str | None) -> tuple[list[Path], list[str
     return images, [p.with_suffix(".txt").read_text(encoding="utf-8").strip() for p in images]
 
 
-def _read_metadata(folder: Path, caption: str | None) -> tuple[list[Path], list[str]]:
-    """The samples ``metadata.jsonl`` lists, in its order; any bad line is a one-line error naming it."""
+def _read_metadata(
+    folder: Path, caption: str | None, conditioning: bool = False
+) -> tuple[list[Path], list[str], list[Path]]:
+    """The samples ``metadata.jsonl`` lists, in its order (with their control maps when ``conditioning``);
+    any bad line is a one-line error naming it."""
     where = str(folder / METADATA)
     images: list[Path] = []
     captions: list[str] = []
+    maps: list[Path] = []
     column: str | None = None
     try:
         lines = (folder / METADATA).read_text(encoding="utf-8").splitlines()
@@ -170,8 +223,16 @@ def _read_metadata(folder: Path, caption: str | None) -> tuple[list[Path], list[
                 raise UserError(f"{where!r} line {number} has no {column!r} caption (a string)")
         else:
             text = caption
+        if conditioning:
+            control = row.get(CONDITIONING_COLUMN)
+            if not isinstance(control, str) or not control:
+                raise UserError(f"{where!r} line {number} has no {CONDITIONING_COLUMN!r} (the control map's file name)")
+            if not (folder / control).is_file():
+                raise UserError(f"{where!r} line {number}: {CONDITIONING_COLUMN} {control!r} does not exist in "
+                                f"{str(folder)!r}")  # fmt: skip
+            maps.append(folder / control)
         images.append(image)
         captions.append(text.strip())
     if not images:
         raise UserError(f"{where!r} lists no images")
-    return images, captions
+    return images, captions, maps

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 
@@ -373,6 +373,38 @@ def render(scene: Scene) -> Image.Image:
     return img.reduce(k)
 
 
+#: Control maps of a scene, drawn from its exact geometry (no detector): ``layout`` fills each object's
+#: silhouette white on black, ``edges`` draws only their outlines (about 2 px: one inside, one outside).
+CONTROL_KINDS: tuple[str, ...] = ("layout", "edges")
+
+
+def _silhouettes(scene: Scene) -> Image.Image:
+    """Every object filled white on black, at the supersampled size (mode ``L``)."""
+    k = _SUPERSAMPLE
+    mask = Image.new("L", (scene.width * k, scene.height * k), 0)
+    draw = ImageDraw.Draw(mask)
+    for obj in scene.objects:
+        _draw(draw, obj, 255)
+    return mask
+
+
+def control_map(scene: Scene, kind: str = "layout") -> Image.Image:
+    """The scene's ``kind`` control map as an RGB image of the scene's size, anti-aliased like ``render``,
+    so a ControlNet learns where each object is (and, for ``edges``, its outline) from the true shapes."""
+    if kind not in CONTROL_KINDS:
+        raise ValueError(f"control map kind must be one of {CONTROL_KINDS}, got {kind!r}")
+    mask = _silhouettes(scene)
+    if kind == "edges":
+        size = 2 * _SUPERSAMPLE + 1  # one output pixel either side of the outline
+        mask = ImageChops.subtract(mask.filter(ImageFilter.MaxFilter(size)), mask.filter(ImageFilter.MinFilter(size)))
+    return mask.reduce(_SUPERSAMPLE).convert("RGB")
+
+
+def object_mask(scene: Scene) -> np.ndarray:
+    """(height, width) booleans: the pixels at least half covered by an object, to score a control's IoU."""
+    return np.asarray(_silhouettes(scene).reduce(_SUPERSAMPLE)) >= 128
+
+
 def _box(cx: float, cy: float, extent: float) -> tuple[float, float, float, float]:
     h = extent / 2
     return (cx - h, cy - h, cx + h, cy + h)
@@ -522,6 +554,19 @@ class ShapesWorld:
     def export(self, folder: str | Path, n: int) -> None:
         """Write the first ``n`` samples as ``00000.png`` + ``00000.txt`` pairs (the image-folder format)."""
         write_scenes(map(self.scene, range(n)), folder)
+
+
+@dataclass(frozen=True)
+class ControlMaps:
+    """A world's control maps as an endless source of their own: sample ``i`` is sample ``i``'s ``kind`` map,
+    with its caption and size, so one bucket stream cuts an image and its map alike (ControlNet training)."""
+
+    world: ShapesWorld
+    kind: str = "layout"
+
+    def sample(self, index: int) -> Sample:
+        scene = self.world.scene(index)
+        return Sample(control_map(scene, self.kind), scene.caption, scene)
 
 
 def write_scenes(scenes: Iterable[Scene], folder: str | Path) -> int:

@@ -13,24 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from ssdxl.adapters.export import LORA_FORMATS
+from ssdxl.data.shapes import CONTROL_KINDS
 from ssdxl.errors import UserError
 from ssdxl.training.accelerator import MIXED_PRECISION
 
-MODES = ("lora", "dreambooth", "embedding", "full", "lcm")
+MODES = ("lora", "dreambooth", "embedding", "full", "controlnet", "lcm")
 CONFIG_FILE = "config.json"
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear", "polynomial", "cosine_with_restarts")
 CROPS = ("center", "random")
 # Learning rates of diffusers' example scripts and kohya-ss's SDXL defaults, per mode.
-DEFAULT_LR = {"lora": 1e-4, "dreambooth": 1e-4, "embedding": 5e-3, "full": 1e-5, "lcm": 1e-4}
+DEFAULT_LR = {"lora": 1e-4, "dreambooth": 1e-4, "embedding": 5e-3, "full": 1e-5, "controlnet": 1e-5, "lcm": 1e-4}
 
 
 @dataclass
 class FinetuneConfig:
     """Every knob of a run; ``None`` means "the mode's default" (filled in by ``resolved``)."""
 
-    mode: str  # lora, dreambooth, embedding, full (``ssdxl finetune``) or lcm (``ssdxl distill lcm``)
+    mode: str  # lora, dreambooth, embedding, full, controlnet (``ssdxl finetune``) or lcm (``ssdxl distill lcm``)
     model: str  # model folder, single file, built-in name or repo id (the teacher, for lcm)
-    out: str  # a .safetensors file (LoRA, embedding) or a folder (full)
+    out: str  # a .safetensors file (LoRA, embedding) or a folder (full, controlnet)
     data: str = ""  # image folder (.txt captions or metadata.jsonl) or "shapes"; "" = shapes for built-in models
     seed: int = 0
 
@@ -51,6 +52,10 @@ class FinetuneConfig:
     class_data: str = ""  # folder of class / regularisation images ("" = <run>/class-images)
     num_class_images: int = 100
     prior_weight: float = 1.0  # 0 turns prior preservation off
+
+    # ControlNet.
+    control: str = ""  # the shapes world's control map (layout, edges); "" = layout. Folders bring their own maps
+    controlnet_init: str = ""  # start from this ControlNet (diffusers folder) instead of a copy of the UNet
 
     # LCM distillation (the LCM-LoRA recipe).
     ddim_steps: int = 50  # skipping-step DDIM solver: the teacher's schedule cut into this many steps
@@ -121,6 +126,11 @@ class FinetuneConfig:
         return 0.999 if self.mode == "full" or (self.mode == "dreambooth" and not self.lora) else 0.0
 
     @property
+    def control_kind(self) -> str:
+        """The shapes world's control map a ControlNet run trains on."""
+        return self.control or CONTROL_KINDS[0]
+
+    @property
     def embedding_token(self) -> str:
         return self.token or self.out_path.stem
 
@@ -159,6 +169,8 @@ class FinetuneConfig:
             raise UserError(f"-o {self.out!r}: an embedding is written to a .safetensors file")
         if not self.lora and self.mode in ("full", "dreambooth") and self.out_path.suffix:
             raise UserError(f"-o {self.out!r}: a fully fine-tuned model is a folder (give a name without a suffix)")
+        if self.mode == "controlnet":
+            self._validate_controlnet()
         for name in ("steps", "batch_size", "grad_accum", "rank", "vectors", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -197,6 +209,22 @@ class FinetuneConfig:
         g_min, g_max = self.guidance_min, self.guidance_max
         if (g_min is not None and g_min < 1) or (g_min is not None and g_max is not None and g_max < g_min):
             raise UserError("guidance range: need 1 <= --guidance-min <= --guidance-max")
+
+    def _validate_controlnet(self) -> None:
+        if self.out_path.suffix:
+            raise UserError(f"-o {self.out!r}: a ControlNet is a diffusers folder (give a name without a suffix)")
+        if self.control and self.data not in ("", "shapes"):
+            raise UserError("--control picks a map of the 'shapes' world; a folder brings its own conditioning "
+                            "images (metadata.jsonl's conditioning_image or a conditioning/ folder)")  # fmt: skip
+        if self.control and self.control not in CONTROL_KINDS:
+            raise UserError(f"--control must be one of {', '.join(CONTROL_KINDS)}, got {self.control!r}")
+        if self.controlnet_init and not (Path(self.controlnet_init) / "config.json").is_file():
+            raise UserError(f"--controlnet-init {self.controlnet_init!r} is not a diffusers ControlNet folder "
+                            "(no config.json)")  # fmt: skip
+        if self.validation_prompts:
+            raise UserError("controlnet runs draw no validation images yet; drop --validation-prompt")
+        if self.train_text_encoder:
+            raise UserError("a ControlNet run trains the ControlNet only; drop --train-text-encoder")
 
 
 def run_folder(out: Path) -> Path:

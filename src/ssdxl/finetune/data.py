@@ -1,4 +1,5 @@
-"""Fine-tuning data: the user's images in aspect buckets, and DreamBooth's class images.
+"""Fine-tuning data: the user's images in aspect buckets (with their control maps, for a ControlNet), and
+DreamBooth's class images.
 
 The data is checked when the run starts (empty folder, unreadable image, missing caption, an image
 smaller than the training resolution), before a model is patched or a file written.
@@ -6,16 +7,20 @@ smaller than the training resolution), before a model is patched or a file writt
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ssdxl.data.folder import IMAGE_SUFFIXES, ImageCaptionFolder
+from ssdxl.data.folder import IMAGE_SUFFIXES, ConditioningImages, ImageCaptionFolder
+from ssdxl.data.shapes import ControlMaps, ShapesWorld
 from ssdxl.errors import UserError
 from ssdxl.finetune.config import FinetuneConfig
 from ssdxl.models import builtin
 from ssdxl.models.components import Components
 from ssdxl.training.data import (
+    Batch,
     BucketBatches,
     IndexedSource,
     aspect_buckets,
@@ -43,23 +48,71 @@ def buckets_for(cfg: FinetuneConfig, parts: Components, source: IndexedSource) -
 
 
 def open_data(cfg: FinetuneConfig) -> IndexedSource:
-    """The instance images: ``shapes``, or a folder (DreamBooth: every image captioned by the instance prompt)."""
+    """The instance images: ``shapes``, or a folder (DreamBooth: every image captioned by the instance prompt;
+    ControlNet: every image with its control map)."""
     data = cfg.data
     if not data:
         if builtin.resolve(cfg.model) is None:
             raise UserError("--data: give a folder of captioned images (the 'shapes' world only suits the built-in "
                             "models)")  # fmt: skip
         data = "shapes"
+    if cfg.mode == "controlnet" and data != "shapes":
+        return ImageCaptionFolder(data, conditioning=True)
     caption = cfg.instance_prompt if cfg.mode == "dreambooth" else None
     return open_source(data, cfg.seed, TWO_OBJECT_FRACTION, caption=caption)
 
 
-def training_batches(cfg: FinetuneConfig, parts: Components) -> BucketBatches:
+@dataclass
+class ControlBatch(Batch):
+    control: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1]: each image's control map, cut like the image
+
+
+class ControlBatches:
+    """Batches with their control maps, resumable like ``BucketBatches``.
+
+    Two bucket streams with one seed, bucket list and augmentation, over sources whose sample ``i`` has the
+    same size (an image and its map), draw the same samples into the same batches with the same crop boxes
+    and flips: batch ``k`` of the maps' stream holds the maps of batch ``k``'s images.
+    """
+
+    def __init__(self, images: BucketBatches, maps: BucketBatches) -> None:
+        self.images, self.maps = images, maps
+
+    def __iter__(self) -> Iterator[ControlBatch]:
+        return self
+
+    def __next__(self) -> ControlBatch:
+        batch, maps = next(self.images), next(self.maps)
+        return ControlBatch(**vars(batch), control=(maps.pixels + 1) / 2)  # to_tensor's [-1, 1] back to [0, 1]
+
+    def state_dict(self) -> dict[str, int]:
+        return self.images.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.images.load_state_dict(state)
+        self.maps.load_state_dict(state)
+
+
+def control_maps(cfg: FinetuneConfig, source: IndexedSource) -> IndexedSource:
+    """The control maps of ``source``'s samples, as a source sample for sample."""
+    if isinstance(source, ShapesWorld):
+        return ControlMaps(source, cfg.control_kind)
+    assert isinstance(source, ImageCaptionFolder)
+    return ConditioningImages(source)
+
+
+def training_batches(cfg: FinetuneConfig, parts: Components) -> BucketBatches | ControlBatches:
     source = open_data(cfg)
     buckets = buckets_for(cfg, parts, source)
     if isinstance(source, ImageCaptionFolder) and not cfg.allow_upscale:
         source.check_sizes(lambda size: nearest_bucket(size, buckets))
-    return BucketBatches(source, buckets, cfg.batch_size, seed=cfg.seed, crop=cfg.crop, flip=cfg.flip)
+
+    def batches(of: IndexedSource) -> BucketBatches:
+        return BucketBatches(of, buckets, cfg.batch_size, seed=cfg.seed, crop=cfg.crop, flip=cfg.flip)
+
+    if cfg.mode == "controlnet":
+        return ControlBatches(batches(source), batches(control_maps(cfg, source)))
+    return batches(source)
 
 
 def class_folder(cfg: FinetuneConfig) -> Path:

@@ -2,7 +2,9 @@
 
 epsilon or v targets (whatever the scheduler config predicts), min-SNR-gamma weighting through
 diffusers' ``compute_snr``, caption dropout to all-zero text conditioning (the SDXL pipeline's empty
-negative prompt), and DreamBooth's prior-preservation term on a second batch of class images.
+negative prompt), and DreamBooth's prior-preservation term on a second batch of class images. With a
+ControlNet, the frozen UNet takes the ControlNet's residuals for each batch's control maps (diffusers'
+``train_controlnet_sdxl.py``), so the same loss trains the ControlNet.
 Random draws come from the global CPU generator, which checkpoints save, so ``--resume`` is exact.
 """
 
@@ -11,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import compute_snr
 
+from ssdxl.finetune.data import ControlBatch
 from ssdxl.models.components import Components
 from ssdxl.training.data import Batch, BucketBatches
 from ssdxl.training.denoiser import TextConditioner, caption_keep_mask
@@ -31,7 +34,7 @@ def encode_latents(parts: Components, pixels: torch.Tensor, device: torch.device
 
 
 class DenoisingObjective:
-    """``objective(batch) -> {"total": loss, ...}`` for the four fine-tuning modes."""
+    """``objective(batch) -> {"total": loss, ...}`` for the fine-tuning modes."""
 
     def __init__(
         self,
@@ -45,9 +48,11 @@ class DenoisingObjective:
         prior: BucketBatches | None = None,
         prior_weight: float = 0.0,
         caption: Callable[[str], str] = str,
+        controlnet: ControlNetModel | None = None,
     ) -> None:
         self.parts = parts
         self.unet: UNet2DConditionModel = parts.unet  # the loop swaps in accelerate's wrapper
+        self.controlnet = controlnet  # likewise, when it is what trains
         self.text = text
         self.device = device
         self.trains_text = trains_text
@@ -89,10 +94,25 @@ class DenoisingObjective:
         captions = [self.caption(c) for c in batch.captions]
         with torch.set_grad_enabled(self.trains_text and torch.is_grad_enabled()):
             embeds, added = self.text.conditioning(captions, batch.time_ids.to(self.device), keep)
-        pred = self.unet(noisy, t, embeds, added_cond_kwargs=added).sample
+        residuals = self.control_residuals(batch, noisy, t, embeds, added)
+        pred = self.unet(noisy, t, embeds, added_cond_kwargs=added, **residuals).sample
         per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
         if self.snr_gamma > 0:
             snr = compute_snr(self.noise, t)
             weight = snr.clamp(max=self.snr_gamma) / (snr + 1 if kind == "v_prediction" else snr)
             per_sample = per_sample * weight
         return per_sample.mean()
+
+    def control_residuals(
+        self, batch: Batch, noisy: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, added: dict[str, torch.Tensor]
+    ) -> dict[str, object]:
+        """The ControlNet's residuals for the batch's control maps (in [0, 1]), as UNet keyword arguments."""
+        if self.controlnet is None:
+            return {}
+        if not isinstance(batch, ControlBatch):
+            raise TypeError("a ControlNet objective needs batches with control maps")
+        down, mid = self.controlnet(noisy, t, encoder_hidden_states=embeds, added_cond_kwargs=added,
+                                    controlnet_cond=batch.control.to(self.device), return_dict=False)  # fmt: skip
+        dtype = self.parts.unet.dtype  # the frozen UNet's own (a float32 residual would meet its bf16 norms)
+        return {"down_block_additional_residuals": [d.to(dtype) for d in down],
+                "mid_block_additional_residual": mid.to(dtype)}  # fmt: skip

@@ -1,12 +1,16 @@
 """What a fine-tuning mode trains, how it checkpoints, and what file it hands over.
 
 One class per kind of trainable state: peft LoRA layers (``lora``, ``dreambooth``, ``lcm``), whole
-modules (``full``, ``dreambooth --no-lora``) or new token vectors (``embedding``). The training loop
-only sees ``parameters``, ``state_dict`` / ``load_state_dict``, ``after_step`` and ``save``.
+modules (``full``, ``dreambooth --no-lora``), new token vectors (``embedding``) or a ControlNet beside the
+frozen model (``controlnet``). The training loop only sees ``parameters``, ``state_dict`` /
+``load_state_dict``, ``after_step``, ``save``, and the modules it places and wraps (``own_modules``, ``network``).
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ from typing import Any
 import torch
 
 from ssdxl.adapters.export import save_embedding, save_lora
-from ssdxl.errors import UserError
+from ssdxl.errors import UserError, first_line
 from ssdxl.finetune.config import FinetuneConfig
 from ssdxl.models.components import Components
 
@@ -26,6 +30,9 @@ LCM_LORA_TARGETS = [*UNET_LORA_TARGETS, "proj_in", "proj_out", "ff.net.0.proj", 
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 TOWERS = ("text_encoder", "text_encoder_2")
 EMBEDDING_KEYS = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
+# The ControlNet's map encoder: one stride-2 stage per VAE halving after the first (SDXL's VAE: 8x, four stages).
+CONDITIONING_CHANNELS = (16, 32, 96, 256)
+CONTROLNET_INFO = "ssdxl.json"  # beside the diffusers files: the base model and the map kind, for ssdxl
 
 
 class Trainee:
@@ -38,6 +45,16 @@ class Trainee:
             module.requires_grad_(False).eval()
 
     trains_whole_modules = False  # every weight of ``train_modules`` trains (else a few parameters on them)
+    network_name = "unet"  # the objective's attribute holding ``network`` (the loop swaps in accelerate's wrapper)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The module gradients flow into, synchronised over processes by accelerate."""
+        return self.parts.unet
+
+    def own_modules(self) -> list[torch.nn.Module]:
+        """Modules the trainee adds beside the model's parts; the loop places and casts them like the parts."""
+        return []
 
     @property
     def trains_text(self) -> bool:
@@ -220,9 +237,72 @@ def _init_vector(tokenizer, encoder, word: str) -> torch.Tensor:
     return table[ids].mean(0)
 
 
+class ControlNetTrainee(Trainee):
+    """A ControlNet beside the frozen model, every weight trained: a copy of the UNet's encoder (diffusers'
+    ``ControlNetModel.from_unet``, as its SDXL ControlNet script starts) or ``--controlnet-init``'s network.
+    Written as a diffusers ControlNet folder, with ``ssdxl.json`` naming the base model."""
+
+    trains_whole_modules = True
+    network_name = "controlnet"
+
+    def __init__(self, parts: Components, cfg: FinetuneConfig) -> None:
+        super().__init__(parts, cfg)
+        self.controlnet = _initial_controlnet(parts, cfg.controlnet_init)
+        self.controlnet.requires_grad_(True)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.controlnet
+
+    def own_modules(self) -> list[torch.nn.Module]:
+        return [self.controlnet]
+
+    def train_modules(self) -> list[torch.nn.Module]:
+        return [self.controlnet]
+
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(f"controlnet.{n}", p) for n, p in self.controlnet.named_parameters()]
+
+    def save(self, metadata: dict[str, str]) -> Path:
+        out = self.cfg.out_path
+        stored = copy.deepcopy(self.controlnet).to(getattr(torch, self.cfg.save_dtype))  # casting in place would round
+        stored.save_pretrained(out, safe_serialization=True)
+        (out / CONTROLNET_INFO).write_text(json.dumps(metadata, indent=2) + "\n")
+        return out
+
+
+def _initial_controlnet(parts: Components, init: str):
+    """``init``'s ControlNet, checked against the UNet it must feed, or a fresh one copied from the UNet."""
+    from diffusers import ControlNetModel
+
+    unet = parts.unet
+    if init:
+        try:
+            net = ControlNetModel.from_pretrained(init, torch_dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--controlnet-init {init!r} is not a diffusers ControlNet folder: "
+                            f"{first_line(exc)}") from None  # fmt: skip
+        for key in ("block_out_channels", "cross_attention_dim", "down_block_types", "in_channels"):
+            if _as_list(net.config[key]) != _as_list(unet.config[key]):
+                raise UserError(f"--controlnet-init {init!r} does not fit this model: its {key} is "
+                                f"{net.config[key]}, the UNet's {unet.config[key]}")  # fmt: skip
+        return net
+    stages = int(math.log2(parts.vae_scale)) + 1
+    if stages > len(CONDITIONING_CHANNELS):
+        raise UserError(f"a ControlNet's map encoder downsamples at most 8x; this model's VAE downsamples "
+                        f"{parts.vae_scale}x")  # fmt: skip
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONDITIONING_CHANNELS[:stages])
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def make_trainee(parts: Components, cfg: FinetuneConfig) -> Trainee:
     if cfg.mode == "embedding":
         return EmbeddingTrainee(parts, cfg)
+    if cfg.mode == "controlnet":
+        return ControlNetTrainee(parts, cfg)
     if cfg.lora:
         return LoraTrainee(parts, cfg)
     return FullTrainee(parts, cfg)
@@ -240,6 +320,8 @@ def output_metadata(parts: Components, cfg: FinetuneConfig, step: int) -> dict[s
     }
     if cfg.mode == "lcm":
         meta["ssdxl.few_step"] = "lcm"
+    if cfg.mode == "controlnet" and cfg.data in ("", "shapes"):
+        meta["ssdxl.control"] = cfg.control_kind
     if not cfg.lora:
         meta = {k: v for k, v in meta.items() if k.startswith("ssdxl.")}
     return meta

@@ -33,3 +33,9 @@ def lora_dirs() -> list[Path]:
     """The folder of built-in LoRAs (``shapes-rt``: few-step LCM-LoRAs of the built-in models), if shipped."""
     folder = _root() / "loras"
     return [folder] if folder.is_dir() else []
+
+
+def controlnet_dirs() -> list[Path]:
+    """The folder of built-in ControlNets (``ssdxl finetune controlnet`` made them for the built-in models)."""
+    folder = _root() / "controlnets"
+    return [folder] if folder.is_dir() else []

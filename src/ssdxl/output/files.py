@@ -15,7 +15,7 @@ from PIL import Image, PngImagePlugin
 
 from ssdxl.errors import UserError
 from ssdxl.output.infotext import parse_infotext
-from ssdxl.sampling.request import GeneratedImage, GenerationRequest
+from ssdxl.sampling.request import GeneratedImage, GenerationRequest, Hires
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 REQUEST_FIELDS = {f for f in GenerationRequest.__dataclass_fields__ if f not in ("init_image", "mask_image")}
@@ -57,6 +57,10 @@ def request_from_png(path: Path) -> tuple[GenerationRequest, dict[str, Any]]:
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
         fields["loras"] = [(path, weight) for path, weight in fields.get("loras", [])]
+        fields["outpaint"] = tuple(fields["outpaint"]) if fields.get("outpaint") else None
+        fields["hires"] = Hires(**fields["hires"]) if fields.get("hires") else None
+        fields.pop("controls", None)  # their maps are not in the PNG: pass --controlnet again
+        fields.pop("image_prompts", None)
         return GenerationRequest(**fields), params
     if "parameters" in text:
         return _request_from_infotext(parse_infotext(text["parameters"]))
@@ -77,6 +81,17 @@ def _request_from_infotext(info: dict[str, str]) -> tuple[GenerationRequest, dic
             seed=int(info.get("Seed", -1)),
             strength=float(info["Denoising strength"]) if "Denoising strength" in info else None,
         )
+        if "Hires upscale" in info or "Hires resize" in info:  # txt2img + hires: the strength is the second pass's
+            width, _, height = info.get("Hires resize", "0x0").partition("x")
+            request.hires = Hires(
+                scale=float(info.get("Hires upscale", 2)),
+                width=int(width) or None,
+                height=int(height) or None,
+                upscaler=info.get("Hires upscaler", "Latent"),
+                steps=int(info["Hires steps"]) if info.get("Hires steps") else None,
+                strength=request.strength if request.strength is not None else 0.7,
+            )
+            request.strength = None
     except ValueError as exc:
         raise UserError(f"unreadable infotext: {exc}") from None
     return request, {"model": info.get("Model")}

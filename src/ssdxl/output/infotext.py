@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ssdxl.control.models import display_name
+
 NEGATIVE = "Negative prompt: "
 _PAIR = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
@@ -31,6 +33,19 @@ def build_infotext(params: dict[str, Any], *, model_name: str, model_hash: str, 
         fields["Refiner switch at"] = _number(params["high_noise_fraction"])
     if params.get("guidance_cutoff", 1.0) < 1.0:
         fields["CFG cutoff"] = _number(params["guidance_cutoff"])
+    hires = params.get("hires")
+    if hires:
+        fields["Denoising strength"] = _number(hires["strength"])  # a txt2img's only strength: the second pass's
+        if hires.get("width") or hires.get("height"):
+            fields["Hires resize"] = f"{hires.get('width') or 0}x{hires.get('height') or 0}"
+        else:
+            fields["Hires upscale"] = _number(hires["scale"])
+        fields["Hires steps"] = hires.get("steps")
+        fields["Hires upscaler"] = hires["upscaler"]
+    for k, unit in enumerate(params.get("controls") or []):
+        fields[f"ControlNet {k}"] = _unit_text(unit)  # as sd-webui-controlnet records a unit
+    for k, prompt in enumerate(params.get("image_prompts") or []):
+        fields[f"IP-Adapter {k}"] = f"Model: {Path(prompt['model']).stem}, Weight: {_number(prompt['scale'])}"
     if params.get("lora_hashes"):
         fields["Lora hashes"] = ", ".join(f"{name}: {digest}" for name, digest in params["lora_hashes"].items())
     if params.get("embedding_hashes"):
@@ -58,6 +73,26 @@ def parse_infotext(text: str) -> dict[str, Any]:
             line = line[len(NEGATIVE) :]
         target.append(line)
     return {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines), **pairs}
+
+
+RESIZE_NAMES = {"resize": "Just Resize", "crop": "Crop and Resize", "fill": "Resize and Fill"}
+
+
+def _unit_text(unit: dict[str, Any]) -> str:
+    parts = {
+        "Module": unit["preprocessor"],
+        "Model": display_name(unit["model"]),
+        "Weight": _number(unit["scale"]),
+        "Resize Mode": RESIZE_NAMES.get(unit["resize_mode"], unit["resize_mode"]),
+        "Processor Res": unit.get("processor_res"),
+        "Threshold A": unit.get("threshold_a"),
+        "Threshold B": unit.get("threshold_b"),
+        "Guidance Start": _number(unit["start"]),
+        "Guidance End": _number(unit["end"]),
+        "Control Mode": "ControlNet is more important" if unit["guess_mode"] else "Balanced",
+        "Control Type": unit.get("control_type"),
+    }
+    return ", ".join(f"{k}: {v}" for k, v in parts.items() if v is not None)
 
 
 def _number(value: float) -> str:

@@ -6,7 +6,8 @@ Everything a request adds lives here instead:
 
 - ``ModelCall`` is the UNet as the runtime runs it (eager, DeepCache or OpenVINO, with whatever
   adapters the request patched in: ``ssdxl.adapters.patching``) plus the inputs it is called with.
-  Extra model inputs (ControlNet residuals, image-prompt embeddings) join the call here.
+  Extra model inputs join the call here: the control units' residuals (``ssdxl.control.residuals``),
+  which depend on the step; IP-Adapter image embeddings travel in the ``Conditioning``.
 - ``GuidedDenoiser`` wraps it with classifier-free guidance (uncond and cond in one batch), the
   guidance cut-off, and inpainting's re-imposed known region after each scheduler step.
 """
@@ -21,16 +22,20 @@ import torch
 from diffusers import SchedulerMixin
 
 from ssdxl.conditioning.prompt import Conditioning
+from ssdxl.control.residuals import ControlStack
 
 
 @dataclass
 class ModelCall:
-    """The UNet call of one request: ``call(x, t, cond)`` is the noise prediction for ``x``."""
+    """The UNet call of one request: ``call(x, t, cond, step, steps)`` is the noise prediction for ``x`` at
+    step ``step`` of ``steps`` (control units act on part of the schedule)."""
 
     unet: Callable[..., Any]  # the module, or the runtime's stand-in for it
+    controls: ControlStack | None = None
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        return self.unet(x, t, **cond.unet_kwargs(), return_dict=False)[0]
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, step: int = 0, steps: int = 1):
+        extra = self.controls.unet_kwargs(x, t, cond, step, steps) if self.controls else {}
+        return self.unet(x, t, **cond.unet_kwargs(), **extra, return_dict=False)[0]
 
 
 @dataclass
@@ -70,10 +75,11 @@ class GuidedDenoiser:
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         """The guided noise prediction for step ``i`` at timestep ``t``."""
+        steps = len(self.timesteps)
         if not (self.guided and i < self.cfg_steps):
-            return self.model(self.scheduler.scale_model_input(latents, t), t, self.cond)
+            return self.model(self.scheduler.scale_model_input(latents, t), t, self.cond, i, steps)
         model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
-        uncond_pred, cond_pred = self.model(model_in, t, self.both).chunk(2)
+        uncond_pred, cond_pred = self.model(model_in, t, self.both, i, steps).chunk(2)
         return uncond_pred + self.guidance_scale * (cond_pred - uncond_pred)
 
     def after_step(self, latents: torch.Tensor, i: int) -> torch.Tensor:

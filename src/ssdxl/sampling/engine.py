@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import T2IAdapter
 from PIL import Image
 
 from ssdxl import __version__
@@ -30,6 +31,11 @@ from ssdxl.adapters.library import AdapterLibrary, prompt_loras
 from ssdxl.adapters.patching import MAX_LORAS, AdapterPatcher, embedding_tokens, rewrite_names
 from ssdxl.conditioning.prompt import Conditioning, chunk_count, empty_like, encode_text, micro_conditioning
 from ssdxl.conditioning.weighting import parse_prompt
+from ssdxl.control import outpaint
+from ssdxl.control.ip_adapter import ImageEncoders, IPAdapterPatcher, ip_adapter_names, load_ip_adapter
+from ssdxl.control.models import ControlLibrary, ControlModel, union_type_index
+from ssdxl.control.preprocess import check_preprocessor, preprocess
+from ssdxl.control.residuals import RESIZE_MODES, ActiveControl, ControlStack, control_tensor
 from ssdxl.errors import UserError
 from ssdxl.models import builtin
 from ssdxl.models.components import Components
@@ -38,15 +44,20 @@ from ssdxl.output.infotext import build_infotext
 from ssdxl.sampling.denoiser import GuidedDenoiser, Inpainting, ModelCall
 from ssdxl.sampling.loop import StepCallback, denoise, schedule_slice
 from ssdxl.sampling.precision import dtype_name, pick_device, pick_dtype
-from ssdxl.sampling.request import GeneratedImage, GenerationRequest, GenerationResult
+from ssdxl.sampling.request import ControlUnit, GeneratedImage, GenerationRequest, GenerationResult, ImagePrompt
 from ssdxl.sampling.schedulers import resolve_scheduler
 from ssdxl.speed.runtime import Runtime
+from ssdxl.upscale import is_latent_mode, resolve_upscaler, upscale_image, upscale_latents
 
 MAX_SEED = 2**63 - 1
 SIZE_MULTIPLE = 8
 MAX_SIDE = 4096
 FEW_STEP_SCHEDULERS = {"LCMScheduler": "LCM", "TCDScheduler": "TCD"}  # a distilled UNet shipped with its sampler
 FEW_STEP_DEFAULTS = {"steps": 4, "guidance_scale": 1.0}  # LCM/TCD LoRAs: no CFG, a handful of steps
+MAX_CONTROLS = 4  # control units a request may use (A1111 shows 3 by default)
+MAX_CONTROL_SCALE = 2.0  # sd-webui-controlnet's weight slider
+MAX_HIRES_SCALE = 4.0
+MAX_IMAGE_PROMPTS = 4  # IP-Adapters a request may use, and pictures per adapter
 
 
 class GenerationError(UserError):
@@ -72,6 +83,10 @@ class Engine:
         runtime: Runtime | None = None,
         adapters: AdapterLibrary | None = None,
         fuse_loras: bool = False,
+        controls: ControlLibrary | None = None,
+        upscaler_dirs: tuple[Path, ...] = (),
+        allow_pickle: bool = False,
+        ip_adapter_dirs: tuple[Path, ...] = (),
     ):
         self.base = base
         self.refiner = refiner
@@ -81,6 +96,16 @@ class Engine:
         self.adapters = adapters or AdapterLibrary()  # where LoRA and embedding names point
         self.patcher = AdapterPatcher(base.components)  # the base model's per-request adapters
         self.fuse_loras = fuse_loras  # merge LoRAs into the weights per request instead of extra matmuls
+        self.controls = controls or ControlLibrary()  # where ControlNet / T2I-Adapter names point
+        self.upscaler_dirs = tuple(Path(d).expanduser() for d in upscaler_dirs)  # hires fix's model upscalers
+        self.allow_pickle = allow_pickle
+        self.ip_adapter_dirs = tuple(Path(d).expanduser() for d in ip_adapter_dirs)  # IP-Adapters by name
+        ip_adapter_names(self.ip_adapter_dirs)  # a missing folder fails at start-up
+        self.ip_patcher = IPAdapterPatcher(base.components.unet)  # IP-Adapters, resident, enabled per request
+        self._ip_infos: dict[tuple, object] = {}
+        # requests may name control models, IP-Adapters and upscalers by path (CLI, Python), or by name only (server)
+        self.allow_paths = self.controls.allow_paths
+        self.image_encoders = ImageEncoders()
 
     @classmethod
     def load(
@@ -96,18 +121,37 @@ class Engine:
         lora_dirs: tuple[str | Path, ...] = (),
         embedding_dirs: tuple[str | Path, ...] = (),
         fuse_loras: bool = False,
+        controlnet_dirs: tuple[str | Path, ...] = (),
+        upscaler_dirs: tuple[str | Path, ...] = (),
+        ip_adapter_dirs: tuple[str | Path, ...] = (),
+        allow_paths: bool = True,
     ) -> Engine:
         """``backend``: torch, openvino, or auto (OpenVINO where installed and exported); ``optimize``
         applies the measured CPU settings of ``ssdxl.speed.tuning``; ``lora_dirs`` / ``embedding_dirs``
-        are folders whose files requests may name."""
+        ``controlnet_dirs``, ``upscaler_dirs`` and ``ip_adapter_dirs`` are folders whose files requests may name;
+        ``allow_paths`` False takes control models, IP-Adapters and upscalers from those folders only."""
         library = AdapterLibrary(lora_dirs, embedding_dirs, allow_pickle=allow_pickle)
+        controls = ControlLibrary(controlnet_dirs, allow_pickle=allow_pickle, allow_paths=allow_paths)
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
         base = _load(model, torch_device, torch_dtype, allow_pickle)
         ref = _load(refiner, torch_device, torch_dtype, allow_pickle) if refiner is not None else None
         loaded = [(m.components, m.hash) for m in (base, ref) if m is not None]
         runtime = Runtime.prepare(loaded, torch_device, backend=backend, optimize=optimize)
-        return cls(base, ref, torch_device, torch_dtype, runtime, library, fuse_loras)
+        upscalers, ip_adapters = tuple(map(Path, upscaler_dirs)), tuple(map(Path, ip_adapter_dirs))
+        return cls(
+            base,
+            ref,
+            torch_device,
+            torch_dtype,
+            runtime,
+            library,
+            fuse_loras,
+            controls,
+            upscalers,
+            allow_pickle,
+            ip_adapters,
+        )
 
     def enable_tiled_vae(self) -> None:
         """Decode large images tile by tile (diffusers' VAE tiling): memory stays bounded, and the
@@ -127,18 +171,32 @@ class Engine:
         d = self.base.components.defaults
         r = dataclasses.replace(request, loras=list(request.loras), embeddings=list(request.embeddings))
         self._resolve_adapters(r)
+        if len(r.controls) > MAX_CONTROLS:
+            raise UserError(f"at most {MAX_CONTROLS} control units a request; got {len(r.controls)}")
+        r.controls = [self._resolve_control(unit) for unit in r.controls]
+        if len(r.image_prompts) > MAX_IMAGE_PROMPTS:
+            raise UserError(f"at most {MAX_IMAGE_PROMPTS} IP-Adapters a request; got {len(r.image_prompts)}")
+        r.image_prompts = [self._resolve_image_prompt(prompt) for prompt in r.image_prompts]
+        if r.outpaint is not None:
+            r.outpaint = outpaint.check_sides(r.outpaint, r.init_image, r.mask_image)
         if r.init_image is not None and r.width is None and r.height is None:
-            r.width, r.height = (max(SIZE_MULTIPLE, s - s % SIZE_MULTIPLE) for s in r.init_image.size)
+            size = outpaint.canvas_size(r.init_image.size, r.outpaint) if r.outpaint else r.init_image.size
+            r.width, r.height = (max(SIZE_MULTIPLE, s - s % SIZE_MULTIPLE) for s in size)
         for name, fallback in (("width", 1024), ("height", 1024), ("steps", 30)):
             if getattr(r, name) is None:
                 setattr(r, name, d.get(name, fallback))
         r.guidance_scale = d.get("guidance_scale", 7.0) if r.guidance_scale is None else r.guidance_scale
         r.scheduler = resolve_scheduler(r.scheduler or d.get("scheduler", "Euler")).name
         if r.strength is None and r.init_image is not None:
-            r.strength = 1.0 if r.mask_image is not None else d.get("strength", 0.75)
+            r.strength = 1.0 if r.kind == "inpaint" else d.get("strength", 0.75)
         if r.seed == -1:
             r.seed = secrets.randbelow(2**32)
         _check(r, refiner_loaded=self.refiner is not None)
+        if r.hires is not None:
+            r.hires = dataclasses.replace(r.hires, steps=r.hires.steps or None)
+            self._check_hires(r)
+        if r.cache_interval > 1 and (r.controls or r.image_prompts):
+            raise UserError("DeepCache (cache interval > 1) cannot run with ControlNets or IP-Adapters; use interval 1")
         for text in (r.prompt, r.negative_prompt):
             parse_prompt(text, r.prompt_syntax)  # a malformed weight fails here, not inside a batch
         return r
@@ -165,6 +223,89 @@ class Engine:
             r.steps = r.steps or FEW_STEP_DEFAULTS["steps"]
             r.guidance_scale = FEW_STEP_DEFAULTS["guidance_scale"] if r.guidance_scale is None else r.guidance_scale
 
+    def _check_hires(self, r: GenerationRequest) -> None:
+        hr = r.hires
+        if r.init_image is not None or r.refiner:
+            raise UserError(
+                "hires fix is for text-to-image without the refiner; img2img and inpainting run at the size asked"
+            )
+        if not 1 <= hr.scale <= MAX_HIRES_SCALE:
+            raise UserError(f"hires scale must be between 1 and {MAX_HIRES_SCALE:g}, got {hr.scale}")
+        if (hr.width or 0) < 0 or (hr.height or 0) < 0:
+            raise UserError("hires width and height must be positive (0 or none: use the scale)")
+        width, height = hires_size(r)
+        if max(width, height) > MAX_SIDE or min(width, height) < SIZE_MULTIPLE:
+            raise UserError(
+                f"hires fix would make {width}x{height}; sides must be between {SIZE_MULTIPLE} and {MAX_SIDE}"
+            )
+        if hr.steps is not None and not 1 <= hr.steps <= 1000:
+            raise UserError(f"hires steps must be between 1 and 1000 (0: the first pass's), got {hr.steps}")
+        if not 0 < hr.strength <= 1:
+            raise UserError(f"hires strength (denoising strength) must be in (0, 1], got {hr.strength}")
+        if int((hr.steps or r.steps) * hr.strength) < 1:
+            raise UserError("hires strength x steps leaves no step to run; raise the hires strength or steps")
+        if not is_latent_mode(hr.upscaler):
+            self._upscaler(hr.upscaler)
+
+    def _resolve_image_prompt(self, prompt: ImagePrompt) -> ImagePrompt:
+        """An image prompt with its adapter read and checked against this UNet now, alone."""
+        info = self._ip_info(self._ip_adapter_path(prompt.model))
+        self.ip_patcher.check(info)
+        if not 1 <= len(prompt.images) <= MAX_IMAGE_PROMPTS:
+            raise UserError(f"IP-Adapter {info.name} needs 1 to {MAX_IMAGE_PROMPTS} pictures; got {len(prompt.images)}")
+        if not 0 <= prompt.scale <= MAX_CONTROL_SCALE:
+            raise UserError(f"image prompt scale must be between 0 and {MAX_CONTROL_SCALE:g}, got {prompt.scale}")
+        return dataclasses.replace(prompt, model=str(info.path), images=list(prompt.images))
+
+    def _ip_adapter_path(self, ref: str) -> Path:
+        """An IP-Adapter named in the engine's folders, else (where paths are allowed, as LoRAs) a path."""
+        named = ip_adapter_names(self.ip_adapter_dirs)
+        if ref in named:
+            return named[ref]
+        path = Path(ref).expanduser()
+        if path.exists() and (self.allow_paths or path.resolve() in {p.resolve() for p in named.values()}):
+            return path
+        raise UserError(f"unknown IP-Adapter {ref!r}; available: {', '.join(named) or 'none'}")
+
+    def _ip_adapters(self, r: GenerationRequest):
+        return [self._ip_info(Path(prompt.model)) for prompt in r.image_prompts]
+
+    def _ip_info(self, path: Path):
+        """The adapter's facts, read once per file version (a request reads them three times)."""
+        stat = path.stat()
+        key = (path.resolve(), stat.st_mtime_ns, stat.st_size)
+        if key not in self._ip_infos:
+            self._ip_infos[key] = load_ip_adapter(path, allow_pickle=self.allow_pickle)
+        return self._ip_infos[key]
+
+    def _upscaler(self, name: str):
+        return resolve_upscaler(name, self.upscaler_dirs, allow_pickle=self.allow_pickle, allow_paths=self.allow_paths)
+
+    def _resolve_control(self, unit: ControlUnit) -> ControlUnit:
+        """A unit with its model named by a checked path; the model is loaded now, so one made for another
+        architecture, a bad map or setting fails this request alone, when it is accepted."""
+        info = self.controls.info(unit.model)
+        model = self.controls.load(info, self.base.components.unet, self.base.components.vae_scale)
+        union_type_index(model, unit.control_type, info.name)
+        if unit.image is None:
+            raise UserError(f"ControlNet {info.name} has no control image")
+        check_preprocessor(
+            unit.preprocessor,
+            resolution=unit.processor_res,
+            threshold_a=unit.threshold_a,
+            threshold_b=unit.threshold_b,
+            model=unit.preprocessor_model,
+        )
+        if unit.guess_mode and isinstance(model, T2IAdapter):
+            raise UserError(f"guess mode is for ControlNets; {info.name} is a T2I-Adapter")
+        if unit.resize_mode not in RESIZE_MODES:
+            raise UserError(f"control resize mode must be one of {', '.join(RESIZE_MODES)}; got {unit.resize_mode!r}")
+        if not 0 <= unit.scale <= MAX_CONTROL_SCALE:
+            raise UserError(f"control scale must be between 0 and {MAX_CONTROL_SCALE:g}, got {unit.scale}")
+        if not 0 <= unit.start < unit.end <= 1:
+            raise UserError(f"control start and end must satisfy 0 <= start < end <= 1; got {unit.start}, {unit.end}")
+        return dataclasses.replace(unit, model=str(info.path))
+
     def batch_key(self, request: GenerationRequest) -> tuple:
         """What resolved requests must share to run as one batch: all but prompts, seeds, sample
         counts, images and the per-image micro-conditioning; and the prompts' lengths in 75-token
@@ -174,7 +315,10 @@ class Engine:
         guidance = (r.guidance_scale, r.guidance_cutoff, r.cache_interval)
         adapters = tuple((path, weight) for path, weight in r.loras)  # LoRAs patch the weights the batch shares
         refiner = r.high_noise_fraction if r.refiner else None
-        return (*size_and_schedule, *guidance, refiner, adapters, self._chunk_counts(r))
+        controls = tuple((u.model, u.scale, u.start, u.end, u.guess_mode, u.control_type) for u in r.controls)
+        controls += tuple((p.model, p.scale, len(p.images)) for p in r.image_prompts)
+        hires = tuple(r.hires.to_params().values()) if r.hires else None
+        return (*size_and_schedule, *guidance, refiner, adapters, controls, hires, self._chunk_counts(r))
 
     def _chunk_counts(self, r: GenerationRequest) -> tuple[int, int | None]:
         """(base, refiner) chunk counts of the request's conditioning, counted as ``_rows`` will encode it: the
@@ -225,7 +369,8 @@ class Engine:
     def _patched(self, r: GenerationRequest):
         """The base model with the request's LoRAs on, for the block (text encoding and denoising)."""
         loras = [(self.adapters.lora(path), weight) for path, weight in r.loras]
-        with self.patcher.applied(loras, fuse=self.fuse_loras):
+        image_prompts = [(info, p.scale) for info, p in zip(self._ip_adapters(r), r.image_prompts, strict=True)]
+        with self.patcher.applied(loras, fuse=self.fuse_loras), self.ip_patcher.applied(image_prompts):
             yield
 
     def _conditioning(
@@ -241,31 +386,80 @@ class Engine:
         else:
             embeds, pooled = encode_text(comps, [prompt], syntax)
             neg_embeds, neg_pooled = empty_like(embeds, pooled)
-        size = (r.height, r.width)
+        to = {"device": self.device, "dtype": self.dtype}
+        cond = Conditioning(embeds.to(**to), pooled.to(**to), None)
+        uncond = Conditioning(neg_embeds.to(**to), neg_pooled.to(**to), None)
+        return self._sized(comps, (cond, uncond), r, r.width, r.height)
+
+    def _sized(self, comps, conds, r, width: int, height: int) -> tuple[Conditioning, Conditioning]:
+        """The (cond, uncond) pair with the micro-conditioning of an image ``width`` x ``height``."""
+        size = (height, width)
         original = r.original_size or size
         target = r.target_size or size
-        pos_ids = micro_conditioning(comps, original, r.crop_top_left, target, r.aesthetic_score)
-        neg_ids = micro_conditioning(comps, original, r.crop_top_left, target, r.negative_aesthetic_score)
-        to = {"device": self.device, "dtype": self.dtype}
-        cond = Conditioning(embeds.to(**to), pooled.to(**to), pos_ids.to(**to))
-        uncond = Conditioning(neg_embeds.to(**to), neg_pooled.to(**to), neg_ids.to(**to))
-        return cond, uncond
+        sized = []
+        for part, score in zip(conds, (r.aesthetic_score, r.negative_aesthetic_score), strict=True):
+            ids = micro_conditioning(comps, original, r.crop_top_left, target, score).to(self.device, self.dtype)
+            sized.append(dataclasses.replace(part, time_ids=ids))
+        return sized[0], sized[1]
 
-    def _encode_init(self, r: GenerationRequest) -> torch.Tensor:
+    def _encode_pixels(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
         vae = self.base.components.vae
-        pixels = _to_tensor(r.init_image.convert("RGB").resize((r.width, r.height), Image.LANCZOS))
+        pixels = _to_tensor(image.convert("RGB").resize((width, height), Image.LANCZOS))
         pixels = pixels.to(self.device, self._vae_dtype(vae))
-        latents = vae.encode(pixels).latent_dist.mode()
+        with _vae_in(vae, self._vae_dtype(vae)):
+            latents = vae.encode(pixels).latent_dist.mode()
         return _scale_latents(vae, latents).to(self.dtype)
 
     def _rows(self, r: GenerationRequest, timings: dict[str, float]) -> list[_Row]:
-        """A resolved request's images-to-be: prompts encoded and the init image encoded once for all."""
+        """A resolved request's images-to-be: prompts, init image and control maps prepared once for all."""
         embeddings = [self.adapters.embedding(path) for path in r.embeddings]
         with _timed(timings, "text_encode"), self.patcher.embeddings_loaded(embeddings) as rewrite:
             base_cond = self._conditioning(self.base.components, r, rewrite)
             refiner_cond = self._conditioning(self.refiner.components, r) if r.refiner else None
-        init = self._encode_init(r) if r.init_image is not None else None
-        return [_Row(r, r.seed + i, base_cond, refiner_cond, init) for i in range(r.samples)]
+        if r.image_prompts:
+            with _timed(timings, "image_encode"):
+                base_cond = self._with_image_prompts(base_cond, r)
+        canvas = _canvas(r)
+        init = self._encode_pixels(canvas.image, r.width, r.height) if canvas is not None else None
+        with _timed(timings, "control_maps"):
+            maps = [_control_map(unit, self.allow_pickle) for unit in r.controls]
+        hints = [self._hint(unit, image, r.width, r.height) for unit, image in zip(r.controls, maps, strict=True)]
+        hires = None
+        if r.hires is not None:
+            width, height = hires_size(r)
+            conds = self._sized(self.base.components, base_cond, r, width, height)
+            hires = _Pass(
+                width, height, conds, [self._hint(u, m, width, height) for u, m in zip(r.controls, maps, strict=True)]
+            )
+        return [_Row(r, r.seed + i, base_cond, refiner_cond, init, canvas, hints, hires) for i in range(r.samples)]
+
+    def _with_image_prompts(self, conds, r: GenerationRequest) -> tuple[Conditioning, Conditioning]:
+        """The (cond, uncond) pair carrying each IP-Adapter's picture embeddings (uncond: its empty-image ones)."""
+        pairs = [
+            self.image_encoders.embeds(info, prompt.images, device=self.device, dtype=self.dtype)
+            for info, prompt in zip(self._ip_adapters(r), r.image_prompts, strict=True)
+        ]
+        cond = dataclasses.replace(conds[0], image_embeds=[positive for _, positive in pairs])
+        uncond = dataclasses.replace(conds[1], image_embeds=[negative for negative, _ in pairs])
+        return cond, uncond
+
+    def _hint(self, unit: ControlUnit, image: Image.Image, width: int, height: int) -> torch.Tensor:
+        return control_tensor(image, width, height, unit.resize_mode).to(self.device, self.dtype)
+
+    def _control_stack(self, rows: list[_Row], hires: bool = False) -> ControlStack | None:
+        """The batch's control units, each unit's maps stacked row by row."""
+        r = rows[0].request
+        if not r.controls:
+            return None
+        units = []
+        for k, unit in enumerate(r.controls):
+            info = self.controls.info(unit.model)
+            model: ControlModel = self.controls.load(info, self.base.components.unet, self.base.components.vae_scale)
+            hint = torch.cat([(row.hires.hints if hires else row.hints)[k] for row in rows])
+            type_index = union_type_index(model, unit.control_type, info.name)
+            guess = unit.guess_mode or bool(getattr(model.config, "global_pool_conditions", False))  # as diffusers
+            units.append(ActiveControl(model, hint, unit.scale, unit.start, unit.end, guess, type_index))
+        return ControlStack(units)
 
     def _sample(self, rows: list[_Row], timings, callback) -> torch.Tensor:
         """Denoise a batch of rows that share their settings (``batch_key``); one CPU generator per row."""
@@ -287,7 +481,7 @@ class Engine:
             latents = scheduler.add_noise(init, noise, timesteps[:1])
         inpainting = None
         if r.kind == "inpaint":
-            mask = torch.cat([_latent_mask(row.request.mask_image, latents) for row in rows])
+            mask = torch.cat([_latent_mask(row.canvas.paint, latents) for row in rows])
             inpainting = Inpainting(init, noise, mask)
         with _timed(timings, "denoise"):
             latents = self._denoise(
@@ -300,12 +494,39 @@ class Engine:
                 generators,
                 callback,
                 inpainting,
+                self._control_stack(rows),
             )
         _check_finite(latents, "base model latents", self.dtype)
         if r.refiner:
             refiner_cond = _stack([row.refiner_cond for row in rows])
             latents = self._refine(r, latents, refiner_cond, generators, timings, callback)
+        if r.hires is not None:
+            with _timed(timings, "hires"):
+                latents = self._hires(rows, latents, callback)
+            _check_finite(latents, "hires latents", self.dtype)
         return latents
+
+    def _hires(self, rows: list[_Row], latents: torch.Tensor, callback) -> torch.Tensor:
+        """A1111's second pass: the first pass upscaled (in latent space, or decoded, upscaled in pixels and
+        encoded again), noised to ``hires.strength`` with each row's seed, and denoised at the new size."""
+        r, hr = rows[0].request, rows[0].request.hires
+        comps = self.base.components
+        width, height = rows[0].hires.width, rows[0].hires.height
+        if is_latent_mode(hr.upscaler):
+            latents = upscale_latents(latents, (height // comps.vae_scale, width // comps.vae_scale), hr.upscaler)
+        else:
+            upscaler = self._upscaler(hr.upscaler)
+            images = [self._decode(comps.vae, row_latents) for row_latents in latents.split(1)]
+            big = [upscale_image(image, upscaler, size=(width, height), device=self.device) for image in images]
+            latents = torch.cat([self._encode_pixels(image, width, height) for image in big])
+        generators = [torch.Generator("cpu").manual_seed(row.seed) for row in rows]
+        noise = torch.cat([torch.randn((1, *latents.shape[1:]), generator=g, dtype=torch.float32) for g in generators])
+        scheduler = resolve_scheduler(r.scheduler).build(comps.scheduler_config)
+        timesteps = schedule_slice(scheduler, hr.steps or r.steps, strength=hr.strength)  # >= 1 step: _check_hires
+        latents = scheduler.add_noise(latents, noise.to(self.device, self.dtype), timesteps[:1])
+        conds = _stack([row.hires.cond for row in rows])
+        controls = self._control_stack(rows, hires=True)
+        return self._denoise(comps, scheduler, latents, timesteps, conds, r, generators, callback, None, controls)
 
     def _finish(self, latents: torch.Tensor, rows: list[_Row], timings) -> list[GeneratedImage]:
         """Decode each row on its own (as a lone request would), composite inpainting, record parameters."""
@@ -315,7 +536,7 @@ class Engine:
             with _timed(timings, "decode"):
                 image = self._decode(self._final_vae(r), row_latents)
             if r.kind == "inpaint":
-                image = _composite(r.init_image.resize(image.size), image, r.mask_image.resize(image.size))
+                image = _composite(row.canvas.image.resize(image.size), image, row.canvas.keep.resize(image.size))
             params = {
                 **r.to_params(),
                 "seed": row.seed,
@@ -325,7 +546,7 @@ class Engine:
                 "dtype": dtype_name(self.dtype),
                 "device": self.device.type,
                 "backend": self.runtime.unet_path(
-                    self.base.components.unet, row_latents, r.cache_interval, bool(r.loras)
+                    self.base.components.unet, row_latents, r.cache_interval, _patched_unet(r)
                 ),
                 **self._adapter_records(r),
             }
@@ -356,11 +577,13 @@ class Engine:
         _check_finite(latents, "refiner latents", self.dtype)
         return latents
 
-    def _denoise(self, comps, scheduler, latents, timesteps, conds, r, generators, callback, inpainting=None):
+    def _denoise(
+        self, comps, scheduler, latents, timesteps, conds, r, generators, callback, inpainting=None, controls=None
+    ):
         """One model's part of the schedule: the request's model call (the runtime's UNet: eager, DeepCache
-        or OpenVINO) under guidance and inpainting, stepped by the sampler loop."""
-        patched = bool(r.loras) and comps is self.base.components
-        model = ModelCall(self.runtime.unet(comps.unet, latents, r.cache_interval, patched))
+        or OpenVINO, with the control units' residuals) under guidance and inpainting, stepped by the loop."""
+        patched = comps is self.base.components and _patched_unet(r)
+        model = ModelCall(self.runtime.unet(comps.unet, latents, r.cache_interval, patched), controls)
         denoiser = GuidedDenoiser(
             model,
             scheduler,
@@ -400,14 +623,72 @@ class Engine:
 
 
 @dataclasses.dataclass
+class _Pass:
+    """A hires second pass of one row: its size, conditioning at that size and control maps."""
+
+    width: int
+    height: int
+    cond: tuple[Conditioning, Conditioning]
+    hints: list[torch.Tensor]
+
+
+@dataclasses.dataclass
 class _Row:
-    """One image to make: its resolved request, seed, (cond, uncond) pairs and encoded init image."""
+    """One image to make: its resolved request, seed, (cond, uncond) pairs, encoded init image, the canvas it
+    paints on (inpainting and outpainting), its control maps and its hires pass."""
 
     request: GenerationRequest
     seed: int
     cond: tuple[Conditioning, Conditioning]
     refiner_cond: tuple[Conditioning, Conditioning] | None
     init: torch.Tensor | None
+    canvas: outpaint.Canvas | None = None
+    hints: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    hires: _Pass | None = None
+
+
+def _canvas(r: GenerationRequest) -> outpaint.Canvas | None:
+    """What an image-to-image request paints on: the init image with the user's mask, or the grown canvas."""
+    if r.init_image is None:
+        return None
+    if r.outpaint:
+        return outpaint.grow(r.init_image, r.outpaint)
+    mask = r.mask_image if r.mask_image is not None else Image.new("L", r.init_image.size, 255)
+    return outpaint.Canvas(r.init_image, mask, mask)
+
+
+def _control_map(unit: ControlUnit, allow_pickle: bool) -> Image.Image:
+    if unit.preprocessor == "none":
+        return unit.image
+    return preprocess(
+        unit.preprocessor,
+        unit.image,
+        resolution=unit.processor_res,
+        threshold_a=unit.threshold_a,
+        threshold_b=unit.threshold_b,
+        model=unit.preprocessor_model,
+        allow_pickle=allow_pickle,
+    )
+
+
+def _patched_unet(r: GenerationRequest) -> bool:
+    """Whether the request changes the base UNet's call (LoRAs, control residuals, image prompts), so it runs
+    in PyTorch: an exported OpenVINO graph has none of them."""
+    return bool(r.loras or r.controls or r.image_prompts)
+
+
+def hires_size(r: GenerationRequest) -> tuple[int, int]:
+    """The second pass's (width, height): A1111's hr_resize_x/y (one of them keeps the aspect), else the scale;
+    multiples of 8."""
+    hr = r.hires
+    if hr.width and hr.height:
+        width, height = hr.width, hr.height
+    elif hr.width or hr.height:
+        ratio = (hr.width / r.width) if hr.width else (hr.height / r.height)
+        width, height = hr.width or r.width * ratio, hr.height or r.height * ratio
+    else:
+        width, height = r.width * hr.scale, r.height * hr.scale
+    return (int(round(width / SIZE_MULTIPLE)) * SIZE_MULTIPLE, int(round(height / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
 
 
 def _stack(pairs: list[tuple[Conditioning, Conditioning]]) -> tuple[Conditioning, Conditioning]:

@@ -24,7 +24,7 @@ from ssdxl.adapters.library import AdapterLibrary, prompt_loras
 from ssdxl.adapters.patching import MAX_LORAS
 from ssdxl.errors import UserError
 from ssdxl.sampling.request import GenerationRequest
-from ssdxl.server.errors import FieldError
+from ssdxl.server.errors import FieldError, public_text
 
 MAX_LORA_WEIGHT = 10.0
 
@@ -131,7 +131,7 @@ def lora_facts(library: AdapterLibrary) -> list[dict[str, Any]]:
         try:
             info = library.lora(name)
         except (UserError, OSError) as exc:
-            facts.append({"name": name, "error": str(exc) if isinstance(exc, UserError) else "removed"})
+            facts.append({"name": name, "error": public_text(str(exc)) if isinstance(exc, UserError) else "removed"})
             continue
         entry = info.as_dict()
         entry.pop("path")
@@ -146,7 +146,7 @@ def embedding_facts(library: AdapterLibrary) -> list[dict[str, Any]]:
         try:
             embedding = library.embedding(name)
         except (UserError, OSError) as exc:
-            facts.append({"name": name, "error": str(exc) if isinstance(exc, UserError) else "removed"})
+            facts.append({"name": name, "error": public_text(str(exc)) if isinstance(exc, UserError) else "removed"})
             continue
         widths = {tower: int(v.shape[-1]) for tower, v in embedding.vectors.items()}
         facts.append(

@@ -20,10 +20,10 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ssdxl import __version__
-from ssdxl.server import adapters, errors, jobs_api, web
+from ssdxl.server import adapters, controls, errors, jobs_api, web
 from ssdxl.server.auth import AuthMiddleware, KeyStore, request_key
 from ssdxl.server.config import ServerConfig
-from ssdxl.server.dialects import a1111, openai, segmind
+from ssdxl.server.dialects import a1111, controlnet, extras, openai, segmind
 from ssdxl.server.dispatch import LocalDispatch, RedisDispatch
 from ssdxl.server.errors import error_response
 from ssdxl.server.limits import BodySizeLimit, BodyTooLarge
@@ -38,8 +38,8 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 JOBS_PATH = "/v2/jobs"
 
 DESCRIPTION = """Text-to-image for the SDXL family. Three APIs over one job queue: Segmind
-(`POST /v1/{model}`), AUTOMATIC1111 (`/sdapi/v1/...`) and OpenAI (`/v1/images/...`), plus the
-native asynchronous jobs API (`/v2/jobs`). See docs/server.md."""
+(`POST /v1/{model}`), AUTOMATIC1111 (`/sdapi/v1/...`, with sd-webui-controlnet's `/controlnet/...`) and
+OpenAI (`/v1/images/...`), plus the native asynchronous jobs API (`/v2/jobs`). See docs/server.md."""
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -70,8 +70,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="ssdxl", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service = JobService(store, storage, registry, dispatch, config)
     errors.install(app)
-    for router in (segmind.router, a1111.router, openai.router, jobs_api.router, adapters.router, web.router):
-        app.include_router(router)
+    routers = (segmind, a1111, extras, controlnet, openai, jobs_api, adapters, controls, web)
+    for module in routers:
+        app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, service=service)
     app.add_middleware(AuthMiddleware, keys=keys, storage=storage)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssdxl.adapters.library import split_weight
 from ssdxl.errors import UserError
 
 
@@ -28,20 +29,8 @@ def parse_model_loras(specs: list[str], option: str = "--model-lora") -> dict[st
     a name given several times gets several LoRAs, in order; the weight defaults to 1."""
     parsed: dict[str, list[tuple[str, float]]] = {}
     for name, source in _pairs(specs, option, "NAME=PATH[:WEIGHT]"):
-        path, weight = source, 1.0
-        head, sep, tail = source.rpartition(":")
-        if sep and head and _is_number(tail):  # else a colon inside the path (C:\...), no weight
-            path, weight = head, float(tail)
-        parsed.setdefault(name, []).append((path, weight))
+        parsed.setdefault(name, []).append(split_weight(source))
     return parsed
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _pairs(specs: list[str], option: str, shape: str) -> list[tuple[str, str]]:
@@ -61,6 +50,9 @@ class ServerConfig:
     refiners: dict[str, str] = field(default_factory=dict)  # model name -> refiner source
     lora_dirs: list[Path] = field(default_factory=list)  # folders whose LoRAs clients may name
     embedding_dirs: list[Path] = field(default_factory=list)  # folders whose embeddings prompts may name
+    controlnet_dirs: list[Path] = field(default_factory=list)  # folders whose ControlNets / T2I-Adapters units name
+    upscaler_dirs: list[Path] = field(default_factory=list)  # folders whose upscaler models hires fix and extras name
+    ip_adapter_dirs: list[Path] = field(default_factory=list)  # folders whose IP-Adapter files image prompts name
     model_loras: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # model name -> its own LoRAs
     device: str = "auto"
     dtype: str = "auto"

@@ -39,7 +39,7 @@ class FieldError(UserError):
 
 # ---------------------------------------------------------------------- no server paths in answers
 
-API_PREFIXES = ("/v1/", "/v2/", "/sdapi/", "/docs", "/redoc", "/openapi", "/health")
+API_PREFIXES = ("/v1/", "/v2/", "/sdapi/", "/controlnet/", "/docs", "/redoc", "/openapi", "/health")
 _SEGMENT = r"[^\s/\\'\"`:,;()<>\[\]{}|]+"
 _POSIX_PATH = re.compile(rf"(?<![\w/.:~\\-])(?:~)?(/(?:{_SEGMENT}/)+)({_SEGMENT})?")
 _WINDOWS_PATH = re.compile(rf"(?<![\w])[A-Za-z]:\\(?:{_SEGMENT}\\)*({_SEGMENT})?")
@@ -85,7 +85,9 @@ def _server_roots(where: Request | FastAPI | None) -> list[str]:
     config = getattr(service, "config", None)
     if config is None:
         return [str(Path.home())]
-    roots = [config.data_dir, *config.lora_dirs, *config.embedding_dirs, Path.home()]
+    roots = [config.data_dir, *config.lora_dirs, *config.embedding_dirs, *config.controlnet_dirs, *config.upscaler_dirs]
+    roots += config.ip_adapter_dirs
+    roots.append(Path.home())
     roots += [*config.models.values(), *config.refiners.values()]
     roots += [path for loras in config.model_loras.values() for path, _ in loras]
     found = []

@@ -18,10 +18,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ssdxl.sampling.request import GenerationRequest
+from ssdxl.sampling.request import ControlUnit, GenerationRequest, Hires, ImagePrompt
 from ssdxl.sampling.schedulers import scheduler_names
 from ssdxl.server.adapters import parse_loras
 from ssdxl.server.auth import request_key
+from ssdxl.server.controls import accept_hires, accept_image_prompt, accept_outpaint, accept_unit
+from ssdxl.server.registry import ModelRegistry
 from ssdxl.server.schemas import JobRequest, JobView, ModelsView, decode_image
 from ssdxl.server.service import JobService
 from ssdxl.server.store import Job
@@ -32,14 +34,41 @@ EVENT_POLL = 0.1  # seconds between looks at a followed job
 KEEPALIVE = 15.0  # seconds between comments that keep idle proxies from closing the stream
 
 
-def to_generation_request(body: JobRequest) -> GenerationRequest:
-    fields = body.model_dump(exclude={"model", "init_image", "mask_image", "loras"})
-    return GenerationRequest(
+def to_generation_request(body: JobRequest, registry: ModelRegistry) -> GenerationRequest:
+    """The job as the engine's request; control models, IP-Adapters and upscalers are checked against ``registry``'s
+    folders."""
+    images = {"init_image", "mask_image", "controls", "image_prompts"}
+    fields = body.model_dump(exclude={"model", "loras", "hires", "outpaint", *images})
+    request = GenerationRequest(
         **fields,
         loras=parse_loras(body.loras),
         init_image=decode_image("init_image", body.init_image) if body.init_image is not None else None,
         mask_image=decode_image("mask_image", body.mask_image) if body.mask_image is not None else None,
     )
+    for k, unit in enumerate(body.controls):
+        image = decode_image(f"controls.{k}.image", unit.image)
+        unit = ControlUnit(**unit.model_dump(exclude={"image"}), image=image)
+        request.controls.append(accept_unit(unit, registry.controls, f"controls.{k}"))
+    for k, prompt in enumerate(body.image_prompts):
+        field = f"image_prompts.{k}"
+        pictures = [decode_image(f"{field}.images.{i}", data) for i, data in enumerate(prompt.images)]
+        image_prompt = ImagePrompt(prompt.model, pictures, prompt.scale)
+        request.image_prompts.append(accept_image_prompt(image_prompt, registry, f"{field}.model", f"{field}.images"))
+    if body.hires is not None:
+        hires = body.hires
+        request.hires = Hires(
+            scale=hires.scale,
+            width=hires.width or None,
+            height=hires.height or None,
+            upscaler=hires.upscaler,
+            steps=hires.steps or None,
+            strength=hires.strength,
+        )
+        request = accept_hires(request, registry, "hires", "hires.upscaler")
+    if body.outpaint is not None:
+        request.outpaint = (body.outpaint.left, body.outpaint.top, body.outpaint.right, body.outpaint.bottom)
+        request = accept_outpaint(request, "outpaint")
+    return request
 
 
 def _service(request: Request) -> JobService:
@@ -49,7 +78,8 @@ def _service(request: Request) -> JobService:
 @router.post("/v2/jobs", status_code=202, response_model=JobView)
 async def submit(body: JobRequest, request: Request) -> JobView:
     service = _service(request)
-    job = service.submit(to_generation_request(body), model=body.model, caller=request_key(request))
+    generation = to_generation_request(body, service.registry)
+    job = service.submit(generation, model=body.model, caller=request_key(request))
     return service.view(job, request)
 
 

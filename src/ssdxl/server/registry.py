@@ -5,7 +5,8 @@ server read an arbitrary file. Engines load on first use and stay loaded, one pe
 refiner): several names for one model share its engine. A name may carry LoRAs of its own
 (``--model-lora NAME=PATH[:WEIGHT]``, e.g. Segmind's Vega RT: the Vega model plus its LCM LoRA),
 which every job for that name gets. ``adapters`` is the server's view of the LoRA and embedding
-folders: names only, never paths.
+folders, ``controls`` of the ControlNet folders, ``upscalers()`` of the upscaler folders and ``ip_adapters()`` of the
+IP-Adapter folders: names only, never paths.
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ from typing import TYPE_CHECKING
 
 from ssdxl.adapters.library import AdapterLibrary
 from ssdxl.adapters.lora import inspect_lora
+from ssdxl.control.ip_adapter import ip_adapter_names
+from ssdxl.control.models import ControlLibrary
 from ssdxl.errors import UserError
 from ssdxl.models import builtin
 from ssdxl.server.errors import FieldError
+from ssdxl.upscale import BUILTIN_FILTERS, Upscaler
+from ssdxl.upscale.registry import model_files
 
 if TYPE_CHECKING:
     from ssdxl.sampling.engine import Engine
     from ssdxl.server.config import ServerConfig
 
+SAFE = ".safetensors"  # the only IP-Adapter files a server reads
 # OpenAI clients name OpenAI's models; they get the server's default model.
 OPENAI_MODEL_NAMES = {"dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"}
 
@@ -40,6 +46,9 @@ class ModelRegistry:
         lora_dirs: Iterable[Path] = (),
         embedding_dirs: Iterable[Path] = (),
         model_loras: dict[str, list[tuple[str, float]]] | None = None,
+        controlnet_dirs: Iterable[Path] = (),
+        upscaler_dirs: Iterable[Path] = (),
+        ip_adapter_dirs: Iterable[Path] = (),
     ):
         self.sources = {**{name: name for name in builtin.names()}, **models}
         if not self.sources:
@@ -58,6 +67,14 @@ class ModelRegistry:
         self.embedding_dirs = tuple(Path(d) for d in embedding_dirs)
         self.adapters = AdapterLibrary(self.lora_dirs, self.embedding_dirs, allow_paths=False)
         self.model_loras = _check_model_loras(model_loras or {}, self.sources)
+        self.controlnet_dirs = tuple(Path(d) for d in controlnet_dirs)
+        self.controls = ControlLibrary(self.controlnet_dirs, allow_paths=False)  # a missing folder stops start-up
+        self.upscaler_dirs = tuple(Path(d) for d in upscaler_dirs)
+        for folder in self.upscaler_dirs:
+            if not folder.is_dir():
+                raise UserError(f"--upscaler-dir {folder} does not exist")
+        self.ip_adapter_dirs = tuple(Path(d) for d in ip_adapter_dirs)
+        self.ip_adapters()  # a missing folder stops start-up
         self._engines: dict[tuple[str, str | None], Engine] = {}
         self._lock = threading.Lock()
 
@@ -71,6 +88,9 @@ class ModelRegistry:
             lora_dirs=config.lora_dirs,
             embedding_dirs=config.embedding_dirs,
             model_loras=config.model_loras,
+            controlnet_dirs=config.controlnet_dirs,
+            upscaler_dirs=config.upscaler_dirs,
+            ip_adapter_dirs=config.ip_adapter_dirs,
         )
 
     def names(self) -> list[str]:
@@ -93,6 +113,26 @@ class ModelRegistry:
     def bound_loras(self, name: str) -> list[tuple[str, float]]:
         """The LoRAs (absolute path, weight) every job for model ``name`` gets (``--model-lora``)."""
         return list(self.model_loras.get(name, ()))
+
+    def upscalers(self) -> dict[str, Upscaler]:
+        """The upscalers requests may name: the built-in filters, then the model files of the upscaler folders by
+        name (pickled files are never listed, so never read)."""
+        files = model_files(self.upscaler_dirs)
+        return {**{name: Upscaler(name) for name in BUILTIN_FILTERS}, **{n: Upscaler(n, p) for n, p in files.items()}}
+
+    def upscaler(self, name: str, field: str) -> Upscaler:
+        """The upscaler a request names (case-insensitive, as file names are); a FieldError naming ``field`` listing
+        the names otherwise. A name never becomes a path."""
+        known = self.upscalers()
+        found = {key.lower(): upscaler for key, upscaler in known.items()}.get(name.strip().lower())
+        if found is None:
+            raise FieldError(field, f"unknown upscaler {name!r}; this server has: {', '.join(known)}")
+        return found
+
+    def ip_adapters(self) -> dict[str, Path]:
+        """The IP-Adapter files requests may name, by stem, read from the folders on every call (files added later
+        count at once); pickled files are left out, so never read."""
+        return {name: path for name, path in ip_adapter_names(self.ip_adapter_dirs).items() if path.suffix == SAFE}
 
     def refresh_adapters(self) -> None:
         """Re-read the LoRA and embedding folders: the server's index and those of the engines loaded here
@@ -117,6 +157,10 @@ class ModelRegistry:
                     dtype=self.dtype,
                     lora_dirs=self.lora_dirs,
                     embedding_dirs=self.embedding_dirs,
+                    controlnet_dirs=self.controlnet_dirs,
+                    upscaler_dirs=self.upscaler_dirs,
+                    ip_adapter_dirs=self.ip_adapter_dirs,
+                    allow_paths=False,  # control models, IP-Adapters and upscalers by name only, as clients name them
                 )
             return self._engines[key]
 

@@ -5,8 +5,9 @@ processes; the store is its only contact with the rest of the system, so progres
 cancellation behave the same in both. While it works, a heartbeat thread renews its claims.
 
 Preparing a job (``_prepare``) adds the LoRAs bound to its model name (``--model-lora``) and
-resolves it against the engine; whatever fails there (a LoRA made for another architecture, an
-embedding of the wrong width: ``Engine.resolve`` checks both) fails that job alone, before it joins a batch.
+resolves it against the engine; whatever fails there (a LoRA or ControlNet made for another architecture, an
+embedding of the wrong width: ``Engine.resolve`` checks them; a hires pass over the server's sides from the model's
+default size) fails that job alone, before it joins a batch.
 Only jobs with equal ``Engine.batch_key`` (prompt lengths in chunks included) share a batch, and a batch of
 several jobs that fails anyway is run again one job at a time: a job can only ever fail itself.
 """
@@ -27,6 +28,7 @@ from ssdxl.adapters.library import prompt_loras
 from ssdxl.errors import UserError
 from ssdxl.sampling.engine import Engine
 from ssdxl.sampling.request import GenerationRequest
+from ssdxl.server.controls import check_hires_size
 from ssdxl.server.previews import preview_png
 from ssdxl.server.registry import ModelRegistry
 from ssdxl.server.storage import Storage
@@ -123,7 +125,10 @@ class Runner:
         _known_to(engine, [name for name, _ in named], "lora")
         _known_to(engine, [str(name) for name in request.embeddings], "embedding")
         request.loras = [*self.registry.bound_loras(job.model), *named]
-        return engine.resolve(request)
+        resolved = engine.resolve(request)
+        if resolved.hires is not None:  # a size the request left out is the model's default, known only now
+            check_hires_size(resolved, "hires")
+        return resolved
 
     def _fail_alone(self, job: Job, exc: Exception) -> None:
         if not self.store.claim([job.id], self.worker, self.lease):

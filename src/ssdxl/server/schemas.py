@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from ssdxl.control.outpaint import MAX_GROW
 from ssdxl.errors import UserError
-from ssdxl.sampling.engine import MAX_SEED
+from ssdxl.sampling.engine import MAX_CONTROL_SCALE, MAX_CONTROLS, MAX_HIRES_SCALE, MAX_IMAGE_PROMPTS, MAX_SEED
 from ssdxl.sampling.schedulers import resolve_scheduler
 from ssdxl.server.errors import FieldError, public_text
 
@@ -48,6 +49,12 @@ SchedulerName = Annotated[str, AfterValidator(_known_scheduler), Field(descripti
 PromptSyntax = Annotated[
     Literal["a1111", "compel"], Field(description="prompt weighting: a1111 '(word:1.2)' or compel 'word++'")
 ]
+ControlScale = Annotated[float, Field(ge=0, le=MAX_CONTROL_SCALE, description="conditioning scale (A1111: weight)")]
+StepFraction = Annotated[float, Field(ge=0, le=1, description="fraction of the steps")]
+HiresScale = Annotated[float, Field(ge=1, le=MAX_HIRES_SCALE)]
+HiresSide = Annotated[int, Field(ge=0, le=MAX_SIDE, description="0: from the scale; one side alone keeps the aspect")]
+HiresSteps = Annotated[int, Field(ge=0, le=MAX_STEPS, description="0: the first pass's step count")]
+Growth = Annotated[int, Field(ge=0, le=MAX_GROW, description="pixels added on this side")]
 Loras = Annotated[
     list[Any],
     Field(
@@ -86,6 +93,13 @@ def decode_image(field: str, data: str | bytes) -> Image.Image:
         raise FieldError(field, "not a readable PNG, JPEG or WebP image") from None
 
 
+def encode_png(image: Image.Image) -> str:
+    """An image as base64 PNG text, the way A1111's answers carry images."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 def _plain_mode(image: Image.Image) -> Image.Image:
     if image.mode in KEPT_MODES:
         return image.copy()
@@ -108,6 +122,63 @@ def parse_size(field: str, text: str) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------- the native jobs API (/v2)
+
+
+class ControlUnitBody(BaseModel):
+    """One ControlNet / T2I-Adapter unit: a model by name, its map, how strongly and when it acts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="a ControlNet name from GET /v2/controlnets")
+    image: str = Field(description="base64 image (or data URL): the control map, or the picture preprocessor maps")
+    scale: ControlScale = 1.0
+    start: StepFraction = 0.0
+    end: StepFraction = 1.0
+    guess_mode: bool = Field(False, description="control on the conditional branch only (more control, less prompt)")
+    preprocessor: str = Field("none", description="canny, scribble, ... (GET /controlnet/module_list); none: a map")
+    processor_res: int = Field(512, description="the preprocessor's working size, short side; -1: 512; 0: the image's")
+    threshold_a: float | None = Field(None, description="the preprocessor's first slider; left out: its default")
+    threshold_b: float | None = Field(None, description="the preprocessor's second slider; left out: its default")
+    resize_mode: Literal["resize", "crop", "fill"] = Field(
+        "resize", description="a map of another size: stretch, cover and crop, or fit and pad"
+    )
+    control_type: str | None = Field(None, description="ControlNet-Union models: canny, depth, openpose, ...")
+
+
+class ImagePromptBody(BaseModel):
+    """One IP-Adapter image prompt: an adapter by name, the pictures it reads, and how strongly it acts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="an IP-Adapter name from GET /v2/ip-adapters")
+    images: list[str] = Field(
+        max_length=MAX_IMAGE_PROMPTS, description=f"1 to {MAX_IMAGE_PROMPTS} base64 images (or data URLs)"
+    )
+    scale: ControlScale = 1.0
+
+
+class HiresBody(BaseModel):
+    """A1111's hires fix (txt2img only): the image made at the request's size, upscaled, then re-drawn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: HiresScale = 2.0
+    width: HiresSide = 0
+    height: HiresSide = 0
+    upscaler: str = Field("Latent", description="a latent mode or an upscaler name (GET /v2/upscalers)")
+    steps: HiresSteps = 0
+    strength: Strength = Field(0.7, description="how much the second pass re-draws")
+
+
+class OutpaintBody(BaseModel):
+    """Pixels to add around ``init_image``; the new border is painted, every original pixel kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    left: Growth = 0
+    top: Growth = 0
+    right: Growth = 0
+    bottom: Growth = 0
 
 
 class JobRequest(BaseModel):
@@ -133,6 +204,14 @@ class JobRequest(BaseModel):
     guidance_cutoff: Annotated[float, Field(ge=0, le=1)] = 1.0
     loras: Loras = []
     prompt_syntax: PromptSyntax = "a1111"
+    controls: list[ControlUnitBody] = Field(
+        [], max_length=MAX_CONTROLS, description="ControlNet / T2I-Adapter units (GET /v2/controlnets), summed"
+    )
+    image_prompts: list[ImagePromptBody] = Field(
+        [], max_length=MAX_IMAGE_PROMPTS, description="IP-Adapter image prompts (GET /v2/ip-adapters)"
+    )
+    hires: HiresBody | None = Field(None, description="A1111's hires fix: txt2img, upscaled, then img2img at that size")
+    outpaint: OutpaintBody | None = Field(None, description="grow init_image's canvas, paint the new border (no mask)")
 
 
 def _public_error(text: str | None) -> str | None:

@@ -4,7 +4,8 @@
 names (``adapters.accept``: a bad one is this request's 422, never a failed batch), fixes a random
 seed (so a job re-run after a crash makes the same image), stores the request and wakes a runner;
 the synchronous dialects then ``wait`` for the job and read its ``images``. Jobs are visible only
-to the key that made them.
+to the key that made them. Image tools that answer at once (upscaling, control-map previews) count
+against the same rate limit and run in ``tool``: off the event loop, one at a time.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import math
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import anyio
+import anyio.to_thread
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
@@ -33,6 +38,8 @@ from ssdxl.server.storage import Storage
 from ssdxl.server.store import CANCELLED, SUCCEEDED, Job, JobStore
 
 WAIT_POLL = 0.05  # seconds between looks at a job a synchronous request waits for
+TOOLS_AT_ONCE = 1  # image tools (upscaling, preprocessing) running at once: each can take all CPU cores or GPU memory
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,12 +65,23 @@ class JobService:
         self.dispatch = dispatch  # LocalDispatch or RedisDispatch: has notify()
         self.config = config
         self.limiter = RateLimiter()
+        self.tools = anyio.CapacityLimiter(TOOLS_AT_ONCE)
 
-    def submit(self, request: GenerationRequest, *, model: str | None, caller: ApiKey | None) -> Job:
+    def check_rate(self, caller: ApiKey | None) -> None:
+        """Count one piece of work against the caller's rate; 429 with ``Retry-After`` beyond it."""
         wait = self.limiter.retry_after(caller)
         if wait is not None:
             message = f"key {caller.name!r} may start {caller.rate_per_min:g} jobs a minute; retry in {wait:.1f} s"
             raise HTTPException(429, message, headers={"Retry-After": str(math.ceil(wait))})
+
+    async def tool(self, caller: ApiKey | None, work: Callable[[], T]) -> T:
+        """Run image work a request waits for (an upscale, a control map) in a thread, after the rate check, one at a
+        time, so the event loop keeps answering and the machine is not oversubscribed."""
+        self.check_rate(caller)
+        return await anyio.to_thread.run_sync(work, limiter=self.tools)
+
+    def submit(self, request: GenerationRequest, *, model: str | None, caller: ApiKey | None) -> Job:
+        self.check_rate(caller)
         name = self.registry.check(model, refiner=request.refiner)
         if request.mask_image is not None and request.init_image is None:
             raise FieldError("mask_image", "a mask needs an init image to inpaint")

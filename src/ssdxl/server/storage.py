@@ -2,9 +2,9 @@
 
 A request is stored as JSON with its images replaced by file names; results are PNGs carrying the
 same infotext and parameters ``ssdxl generate`` writes, except that adapter files appear by name,
-not by the server's paths. Every file name is made here (job id,
-then ``init``/``mask`` or attempt and index) and checked against one pattern before it is served,
-so no name a client sends reaches the filesystem. Result links can be signed (HMAC, with an
+not by the server's paths. Every file name is made here (job id, then ``init``/``mask``,
+``control<k>`` for the k-th control unit's map, or attempt and index) and checked against one
+pattern before it is served, so no name a client sends reaches the filesystem. Result links can be signed (HMAC, with an
 expiry no further ahead than the server's link lifetime, 24 h by default) for clients that fetch
 them without a key, such as an OpenAI client following a ``url``.
 
@@ -31,18 +31,19 @@ from typing import Any
 
 from PIL import Image
 
+from ssdxl.control.models import SUFFIXES as CONTROL_SUFFIXES
 from ssdxl.output.files import save_image
-from ssdxl.sampling.request import GeneratedImage, GenerationRequest
+from ssdxl.sampling.request import ControlUnit, GeneratedImage, GenerationRequest, Hires, ImagePrompt
 from ssdxl.server.config import ServerConfig
 from ssdxl.server.db import DB_FILE, SIDE_FILES, Database, StoreDamaged, private_dir
 from ssdxl.server.store import JobStore
 
-FILE_NAME = re.compile(r"^[0-9a-f]{32}-(init|mask|a\d+-\d+)\.png$")
+FILE_NAME = re.compile(r"^[0-9a-f]{32}-(init|mask|control\d+|ip\d+-\d+|a\d+-\d+)\.png$")
 RESULT_NAME = re.compile(r"^([0-9a-f]{32})-a\d+-\d+\.png$")
 IMAGES = "images"  # the data folder's image files
 LINK_TTL = 24 * 3600.0  # default lifetime (and ceiling) of signed links
 CLOCK_SLACK = 60.0  # seconds a link's expiry may exceed the ceiling (servers' clocks differ a little)
-_TUPLES = ("original_size", "target_size", "crop_top_left")
+_TUPLES = ("original_size", "target_size", "crop_top_left", "outpaint")
 
 log = logging.getLogger("ssdxl.server")
 
@@ -57,14 +58,15 @@ class Storage:
     # ------------------------------------------------------------------ requests
 
     def save_request(self, job_id: str, request: GenerationRequest) -> dict[str, Any]:
-        """The request as JSON-ready data; its images are written as PNG files."""
+        """The request as JSON-ready data; its images (init, mask, control maps, image prompts) are written as PNG
+        files."""
         record = request.to_params()
-        for key, image, mode in (("init_image", request.init_image, "RGB"), ("mask_image", request.mask_image, "L")):
-            record[key] = None
-            if image is not None:
-                name = f"{job_id}-{key.removesuffix('_image')}.png"
-                image.convert(mode).save(self.root / name)
-                record[key] = name
+        record["init_image"] = self._save(request.init_image, f"{job_id}-init.png", "RGB")
+        record["mask_image"] = self._save(request.mask_image, f"{job_id}-mask.png", "L")
+        for k, (unit, stored) in enumerate(zip(request.controls, record["controls"], strict=True)):
+            stored["image"] = self._save(unit.image, f"{job_id}-control{k}.png")  # its own mode: alpha matters
+        for k, (prompt, stored) in enumerate(zip(request.image_prompts, record["image_prompts"], strict=True)):
+            stored["images"] = [self._save(image, f"{job_id}-ip{k}-{i}.png") for i, image in enumerate(prompt.images)]
         return record
 
     def load_request(self, record: dict[str, Any]) -> GenerationRequest:
@@ -73,10 +75,27 @@ class Storage:
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
         for key in ("init_image", "mask_image"):
-            if fields.get(key):
-                with Image.open(self.path(fields[key])) as image:
-                    fields[key] = image.copy()
+            fields[key] = self._load(fields.get(key))
+        units = record.get("controls", [])
+        fields["controls"] = [ControlUnit(**{**unit, "image": self._load(unit["image"])}) for unit in units]
+        prompts = record.get("image_prompts", [])
+        fields["image_prompts"] = [
+            ImagePrompt(**{**prompt, "images": [self._load(name) for name in prompt["images"]]}) for prompt in prompts
+        ]
+        fields["hires"] = Hires(**record["hires"]) if record.get("hires") else None
         return GenerationRequest(**fields)
+
+    def _save(self, image: Image.Image | None, name: str, mode: str | None = None) -> str | None:
+        if image is None:
+            return None
+        (image.convert(mode) if mode else image).save(self.root / name)
+        return name
+
+    def _load(self, name: str | None) -> Image.Image | None:
+        if not name:
+            return None
+        with Image.open(self.path(name)) as image:
+            return image.copy()
 
     # ------------------------------------------------------------------ results
 
@@ -127,13 +146,24 @@ class Storage:
 
 
 def _without_paths(params: dict[str, Any]) -> dict[str, Any]:
-    """Result parameters with LoRA and embedding files by name: clients get images, not the server's layout."""
+    """Result parameters with LoRA, embedding, control model and IP-Adapter files by name: clients get images, not
+    the server's layout."""
     params = dict(params)
     if params.get("loras"):
         params["loras"] = [(Path(path).stem, weight) for path, weight in params["loras"]]
     if params.get("embeddings"):
         params["embeddings"] = [Path(path).stem for path in params["embeddings"]]
+    if params.get("controls"):
+        params["controls"] = [{**unit, "model": _control_name(unit["model"])} for unit in params["controls"]]
+    if params.get("image_prompts"):
+        params["image_prompts"] = [{**ip, "model": Path(ip["model"]).stem} for ip in params["image_prompts"]]
     return params
+
+
+def _control_name(model: str) -> str:
+    """A control model's name as its library lists it: a file's stem, a folder's name."""
+    path = Path(model)
+    return path.stem if path.suffix.lower() in CONTROL_SUFFIXES else path.name
 
 
 def open_data(config: ServerConfig) -> tuple[JobStore, Storage]:

@@ -3,6 +3,8 @@ path with its stages, its distance from the FLOP floor and its speed-up over eac
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 BASELINES = ("diffusers-fp32", "diffusers-bf16", "optimum-intel", "ssdxl-openvino")
@@ -71,3 +73,35 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 def _load(values: list[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values)
+
+
+def replace_block(doc: Path, name: str, body: str, *, append: str | None = None) -> None:
+    """Put ``body`` between ``doc``'s ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers: how the scripts
+    that measure (``bench/``, ``scripts/*_proof.py``) keep their tables in the docs. A doc without the
+    markers gets them appended, after the ``append`` text (a heading and intro) if any; with ``append`` None
+    that is an error."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = doc.read_text()
+    block = f"{start}\n{body}\n{end}"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    elif append is not None:
+        text = text.rstrip("\n") + (f"\n\n{append}" if append else "") + f"\n\n{block}\n"
+    else:
+        raise SystemExit(f"{doc} has no {start} block")
+    doc.write_text(text)
+    print(f"wrote {doc} ({name})")
+
+
+def measured_note(what: str) -> str:
+    """The italic line under a proof table: when, on what machine, at what load, over what."""
+    import datetime
+    import os
+
+    import torch
+
+    from ssdxl.speed.machine import cpu_model
+
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), float32"
+    return f"\n\n*Measured {datetime.date.today()} on {machine}, load average {os.getloadavg()[0]:.2f}; {what}.*"

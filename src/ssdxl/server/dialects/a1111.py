@@ -4,9 +4,11 @@ Answers carry ``images`` (base64 PNGs with the infotext chunk), ``parameters`` (
 and ``info`` (a JSON string with seed, all_seeds, infotexts). Sizes and steps left out take the
 model's defaults rather than A1111's 512x512/50 steps, which SDXL-family models draw badly; a
 left-out ``cfg_scale`` is the model's too (1 with an LCM LoRA, which A1111's 7 would wreck).
-A1111 features this engine does not have (hires fix, face restoration, tiling, scripts) are
-refused with a 422 naming the field instead of being silently skipped. The model is chosen per
-key with ``POST /sdapi/v1/options {"sd_model_checkpoint": NAME}`` or per request with
+The hires fix (``enable_hr``, ``hr_*``) runs as A1111's; ControlNet and IP-Adapter units come in
+``alwayson_scripts`` as sd-webui-controlnet takes them (``dialects/controlnet.py``). A1111 features this engine does not
+have (face restoration, tiling, scripts, other always-on scripts, a hires pass with its own sampler
+or prompt) are refused with a 422 naming the field instead of being silently skipped. The model is
+chosen per key with ``POST /sdapi/v1/options {"sd_model_checkpoint": NAME}`` or per request with
 ``override_settings``. LoRAs are called as in A1111, with ``<lora:name:weight>`` in the prompt, and
 listed by ``GET /sdapi/v1/loras``; embeddings by writing their name (``GET /sdapi/v1/embeddings``).
 """
@@ -23,14 +25,20 @@ from PIL import ImageFilter
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from ssdxl.errors import UserError
-from ssdxl.sampling.request import GenerationRequest
+from ssdxl.sampling.request import GenerationRequest, Hires
 from ssdxl.sampling.schedulers import SAMPLERS, resolve_scheduler, scheduler_names
 from ssdxl.server.adapters import embedding_facts, lora_facts
 from ssdxl.server.auth import ApiKey, request_key
+from ssdxl.server.controls import accept_hires
+from ssdxl.server.dialects.controlnet import controlnet_units
 from ssdxl.server.errors import FieldError
+from ssdxl.server.registry import ModelRegistry
 from ssdxl.server.schemas import (
     MAX_SAMPLES,
     Guidance,
+    HiresScale,
+    HiresSide,
+    HiresSteps,
     NegativePrompt,
     Seed,
     Side,
@@ -46,11 +54,9 @@ router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
 SIGMA_SCHEDULES = {"automatic": "", "karras": " Karras", "exponential": " Exponential"}
 NO_NAME = (None, "", "None", "none")  # how A1111 clients say "no refiner" / "no script"
 UNSUPPORTED = {  # field -> the values that mean "not used" (what A1111's own defaults send)
-    "enable_hr": (False, None),
     "restore_faces": (False, None),
     "tiling": (False, None),
     "script_name": NO_NAME,
-    "alwayson_scripts": ({}, None),
     "subseed_strength": (0, None),
     "styles": ([], None),
     "disable_extra_networks": (False, None),
@@ -58,7 +64,14 @@ UNSUPPORTED = {  # field -> the values that mean "not used" (what A1111's own de
     "firstpass_image": (None, ""),
 }
 IGNORED = "accepted and ignored"
-HIRES_ONLY = "used only with enable_hr, which this server does not have; accepted and ignored"
+HIRES_SAME = "the hires pass runs with the first pass's; only empty (or the same) is accepted"
+HIRES_SAME_AS = {  # hires-pass field -> (A1111's "use the same" value, the first pass's field it may repeat)
+    "hr_checkpoint_name": ("Use same checkpoint", None),
+    "hr_sampler_name": ("Use same sampler", "sampler_name"),
+    "hr_scheduler": ("Use same scheduler", "scheduler"),
+    "hr_prompt": ("", "prompt"),
+    "hr_negative_prompt": ("", "negative_prompt"),
+}
 
 
 def _is_off(value: Any, offs: tuple[Any, ...]) -> bool:
@@ -104,7 +117,7 @@ class Txt2ImgRequest(BaseModel):
     do_not_save_samples: bool | None = Field(None, description=IGNORED)
     do_not_save_grid: bool | None = Field(None, description=IGNORED)
     eta: float | None = Field(None, description=IGNORED)
-    denoising_strength: float | None = Field(None, description=HIRES_ONLY)
+    denoising_strength: float | None = Field(None, description="with enable_hr: the second pass's strength (0.7)")
     s_min_uncond: float | None = Field(None, description=IGNORED)
     s_churn: float | None = Field(None, description=IGNORED)
     s_tmax: float | None = Field(None, description=IGNORED)
@@ -117,27 +130,31 @@ class Txt2ImgRequest(BaseModel):
         None, description="fraction of the steps before the refiner takes over (0.8 when left out); 1: no refiner"
     )
     disable_extra_networks: bool | None = Field(False, description="only false: <lora:> tags are always applied")
-    firstpass_image: str | None = Field(None, description=HIRES_ONLY)
+    firstpass_image: str | None = Field(None, description="a given first pass for the hires fix is not supported")
     comments: dict[str, Any] | None = Field(None, description=IGNORED)
-    enable_hr: bool | None = False
-    firstphase_width: int | None = Field(None, description=HIRES_ONLY)
-    firstphase_height: int | None = Field(None, description=HIRES_ONLY)
-    hr_scale: float | None = Field(None, description=HIRES_ONLY)
-    hr_upscaler: str | None = Field(None, description=HIRES_ONLY)
-    hr_second_pass_steps: int | None = Field(None, description=HIRES_ONLY)
-    hr_resize_x: int | None = Field(None, description=HIRES_ONLY)
-    hr_resize_y: int | None = Field(None, description=HIRES_ONLY)
-    hr_checkpoint_name: str | None = Field(None, description=HIRES_ONLY)
-    hr_sampler_name: str | None = Field(None, description=HIRES_ONLY)
-    hr_scheduler: str | None = Field(None, description=HIRES_ONLY)
-    hr_prompt: str | None = Field(None, description=HIRES_ONLY)
-    hr_negative_prompt: str | None = Field(None, description=HIRES_ONLY)
+    enable_hr: bool | None = Field(False, description="hires fix: the image upscaled, then re-drawn at that size")
+    firstphase_width: int | None = Field(None, description="A1111's old first-pass size: only 0 with enable_hr")
+    firstphase_height: int | None = Field(None, description="A1111's old first-pass size: only 0 with enable_hr")
+    hr_scale: HiresScale | None = Field(None, description="hires fix: how much larger (2)")
+    hr_upscaler: str | None = Field(
+        None, description="hires fix: GET /sdapi/v1/latent-upscale-modes or GET /sdapi/v1/upscalers (Latent)"
+    )
+    hr_second_pass_steps: HiresSteps | None = Field(None, description="hires fix: 0 = the first pass's steps")
+    hr_resize_x: HiresSide | None = Field(None, description="hires fix: the width instead of hr_scale (0: scale)")
+    hr_resize_y: HiresSide | None = Field(None, description="hires fix: the height instead of hr_scale (0: scale)")
+    hr_checkpoint_name: str | None = Field(None, description=HIRES_SAME)
+    hr_sampler_name: str | None = Field(None, description=HIRES_SAME)
+    hr_scheduler: str | None = Field(None, description=HIRES_SAME)
+    hr_prompt: str | None = Field(None, description=HIRES_SAME)
+    hr_negative_prompt: str | None = Field(None, description=HIRES_SAME)
     force_task_id: str | None = Field(None, description=IGNORED)
     script_name: str | None = Field(None, description="scripts are not supported: only empty or None")
     script_args: list[Any] | None = Field(None, description="used only with script_name; ignored")
     send_images: bool = Field(True, description="false: the answer's images list is empty")
     save_images: bool | None = Field(None, description="ignored: every result is stored (GET /v2/jobs)")
-    alwayson_scripts: dict[str, Any] | None = Field(None, description="scripts are not supported: only {}")
+    alwayson_scripts: dict[str, Any] | None = Field(
+        None, description='only ControlNet: {"controlnet": {"args": [unit, ...]}} (sd-webui-controlnet\'s units)'
+    )
     infotext: str | None = Field(None, description="setting fields from an infotext is not supported")
 
     @field_validator(*UNSUPPORTED)
@@ -220,7 +237,34 @@ def _refiner(body: Txt2ImgRequest) -> tuple[bool, float]:
     return True, switch
 
 
-def to_generation_request(body: Txt2ImgRequest) -> GenerationRequest:
+def _hires(body: Txt2ImgRequest) -> Hires:
+    """A1111's hires fields as the engine's ``Hires``. The second pass runs with the first pass's model, sampler and
+    prompts, so ``hr_*`` fields asking for others are refused, as is A1111's old first-pass size."""
+    for field, (same, first) in HIRES_SAME_AS.items():
+        value = getattr(body, field)
+        if value not in NO_NAME and value != same and (first is None or value != getattr(body, first)):
+            raise FieldError(field, f"the hires pass runs with the first pass's {first or 'model'}; leave it empty")
+    for field in ("firstphase_width", "firstphase_height"):
+        if getattr(body, field):
+            raise FieldError(field, "A1111's old first-pass size is not supported; use hr_scale or hr_resize_x/y")
+    default = Hires()
+    strength = default.strength if body.denoising_strength is None else body.denoising_strength
+    if not 0 < strength <= 1:
+        message = f"with enable_hr: the second pass's strength, above 0 and at most 1 ({default.strength} if left out)"
+        raise FieldError("denoising_strength", message)
+    return Hires(
+        scale=body.hr_scale or default.scale,
+        width=body.hr_resize_x or None,
+        height=body.hr_resize_y or None,
+        upscaler=body.hr_upscaler or default.upscaler,
+        steps=body.hr_second_pass_steps or None,
+        strength=strength,
+    )
+
+
+def to_generation_request(body: Txt2ImgRequest, registry: ModelRegistry) -> GenerationRequest:
+    """The body as the engine's request; ControlNet / IP-Adapter units and the hires upscaler are checked against
+    ``registry``."""
     if body.batch_size * body.n_iter > MAX_SAMPLES:
         raise FieldError("batch_size", f"batch_size x n_iter must be at most {MAX_SAMPLES}")
     refiner, switch = _refiner(body)
@@ -248,6 +292,16 @@ def to_generation_request(body: Txt2ImgRequest) -> GenerationRequest:
                 (body.mask_blur, body.mask_blur) if body.mask_blur is not None else (body.mask_blur_x, body.mask_blur_y)
             )
             request.mask_image = mask.filter(ImageFilter.GaussianBlur(blur)) if any(blur) else mask
+    request.controls, request.image_prompts = controlnet_units(
+        body.alwayson_scripts,
+        registry,
+        init_image=request.init_image,
+        size=(body.width, body.height),
+        hires=bool(body.enable_hr),
+    )
+    if body.enable_hr:
+        request.hires = _hires(body)
+        request = accept_hires(request, registry, "enable_hr", "hr_upscaler")
     return request
 
 
@@ -268,7 +322,7 @@ async def _generate(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
         model = service.registry.check(chosen, field="override_settings.sd_model_checkpoint")
     else:
         model = _current_model(service, caller)
-    generation = to_generation_request(body)
+    generation = to_generation_request(body, service.registry)
     images = await service.run(generation, model=model, caller=caller)
     info = {
         "prompt": body.prompt,

@@ -3,12 +3,14 @@
 
 const $ = (id) => document.getElementById(id);
 const LORA_WEIGHT = { min: -1, max: 2, step: 0.05 }; // the picker's range; the API takes -10..10
+const SIDES = ["left", "top", "right", "bottom"]; // outpaint
 let following = null; // { job id, EventSource } while a job is followed
 
 async function api(path, options = {}) {
   const response = await fetch(path, options);
   const body = await response.json();
-  if (!response.ok) throw new Error(body.detail || response.statusText);
+  // every error carries error.message; a 422's detail is a list of {loc, msg, type}
+  if (!response.ok) throw new Error(body.error?.message || body.detail || response.statusText);
   return body;
 }
 
@@ -47,6 +49,79 @@ async function loadAdapters() {
   $("lora-picker").hidden = usable.length === 0;
   $("embeddings-hint").hidden = $("embeddings").childElementCount === 0;
   $("adapters").hidden = $("lora-picker").hidden && $("embeddings-hint").hidden;
+}
+
+function addOptions(parent, names) {
+  for (const name of names) parent.append(new Option(name, name));
+}
+
+async function loadTools() {
+  const [controlnets, modules, ipAdapters, upscalers] = await Promise.all([
+    api("/v2/controlnets"),
+    api("/controlnet/module_list"),
+    api("/v2/ip-adapters"),
+    api("/v2/upscalers"),
+  ]);
+  const usable = (facts) => facts.filter((fact) => !fact.error).map((fact) => fact.name);
+  addOptions($("control-model"), usable(controlnets));
+  // IP-Adapter modules are the image prompt's, not a control map's
+  addOptions($("control-preprocessor"), modules.module_list.filter((name) => !name.startsWith("ip-adapter")));
+  addOptions($("ip-model"), usable(ipAdapters));
+  $("control-section").hidden = $("control-model").options.length === 1;
+  $("ip-section").hidden = $("ip-model").options.length === 1;
+  const groups = { Latent: upscalers.latent_modes, Upscalers: upscalers.upscalers.map((u) => u.name) };
+  for (const [label, names] of Object.entries(groups)) {
+    const group = document.createElement("optgroup");
+    group.label = label;
+    addOptions(group, names);
+    $("hires-upscaler").append(group);
+  }
+}
+
+function readFile(id) {
+  const file = $(id).files[0];
+  if (!file) return Promise.resolve(null);
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result); // a data URL, which the API takes as it is
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+// The control unit, image prompt, hires pass and outpaint the form asks for, as /v2/jobs fields; a missing
+// picture is left for the server to name in its 422.
+async function toolFields() {
+  const files = ["control-image", "ip-image", "outpaint-image"];
+  const [controlImage, ipImage, grownImage] = await Promise.all(files.map(readFile));
+  const fields = {};
+  if ($("control-model").value) {
+    fields.controls = [{
+      model: $("control-model").value,
+      image: controlImage ?? undefined,
+      preprocessor: $("control-preprocessor").value,
+      scale: Number($("control-scale").value),
+      start: Number($("control-start").value),
+      end: Number($("control-end").value),
+    }];
+  }
+  if ($("ip-model").value) {
+    const images = ipImage ? [ipImage] : [];
+    fields.image_prompts = [{ model: $("ip-model").value, images, scale: Number($("ip-scale").value) }];
+  }
+  if ($("hires").checked) {
+    fields.hires = {
+      scale: Number($("hires-scale").value),
+      upscaler: $("hires-upscaler").value,
+      steps: Number($("hires-steps").value) || 0,
+      strength: Number($("hires-strength").value),
+    };
+  }
+  const sides = Object.fromEntries(SIDES.map((side) => [side, Number($(`outpaint-${side}`).value) || 0]));
+  if (grownImage || Object.values(sides).some(Boolean)) {
+    Object.assign(fields, { init_image: grownImage, outpaint: sides });
+  }
+  return fields;
 }
 
 function appendWord(textarea, word) {
@@ -153,7 +228,9 @@ function follow(job) {
 async function generate(event) {
   event.preventDefault();
   showError("");
-  const body = {
+  setBusy(true);
+  $("preview").hidden = true;
+  const fields = {
     prompt: $("prompt").value,
     negative_prompt: $("negative").value,
     model: $("model").value || null,
@@ -165,9 +242,8 @@ async function generate(event) {
     seed: numberOrNull("seed") ?? -1,
     loras: chosenLoras(),
   };
-  setBusy(true);
-  $("preview").hidden = true;
   try {
+    const body = { ...fields, ...(await toolFields()) };
     const job = await api("/v2/jobs", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
@@ -187,4 +263,7 @@ async function cancel() {
 $("form").addEventListener("submit", generate);
 $("cancel").addEventListener("click", cancel);
 $("lora-add").addEventListener("click", () => addLora($("lora-choice").value));
-Promise.all([loadModels(), loadAdapters(), loadGallery()]).catch((error) => showError(error.message));
+for (const id of ["control-scale", "ip-scale"]) {
+  $(id).addEventListener("input", () => ($(`${id}-value`).value = $(id).value));
+}
+Promise.all([loadModels(), loadAdapters(), loadTools(), loadGallery()]).catch((error) => showError(error.message));
