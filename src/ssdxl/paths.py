@@ -1,9 +1,22 @@
-"""Where ssdxl keeps files of its own: a per-user cache (hashes, exported runtimes)."""
+"""Where files are: ssdxl's own per-user cache (hashes, exported runtimes), and the model files users keep
+in folders (LoRAs, embeddings, upscalers), found by name."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+def files_by_stem(folders: list[Path], suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Files by stem, searched recursively; the first folder given wins a name clash. The run folders
+    ``ssdxl finetune`` leaves beside its outputs (``NAME.run/``) hold checkpoints, not models."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            inside_run = any(p.suffix == ".run" for p in path.relative_to(folder).parents)
+            if path.suffix.lower() in suffixes and path.is_file() and not inside_run:
+                found.setdefault(path.stem, path.resolve())
+    return found
 
 
 def cache_dir() -> Path:

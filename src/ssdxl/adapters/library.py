@@ -16,6 +16,7 @@ from ssdxl.adapters.embeddings import EMBEDDING_SUFFIXES, Embedding, name_patter
 from ssdxl.adapters.lora import LORA_SUFFIXES, LoraInfo, inspect_lora
 from ssdxl.errors import UserError
 from ssdxl.models import builtin
+from ssdxl.paths import files_by_stem
 
 PROMPT_LORA = re.compile(r"<(?:lora|lyco):([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
 
@@ -75,8 +76,8 @@ class AdapterLibrary:
 
     def refresh(self) -> None:
         """Re-read the folders (new and removed files)."""
-        self._loras = _index(self.lora_dirs, LORA_SUFFIXES)
-        self._embeddings = _index(self.embedding_dirs, EMBEDDING_SUFFIXES)
+        self._loras = files_by_stem(self.lora_dirs, LORA_SUFFIXES)
+        self._embeddings = files_by_stem(self.embedding_dirs, EMBEDDING_SUFFIXES)
 
     def lora_names(self) -> list[str]:
         return sorted(self._loras)
@@ -124,13 +125,3 @@ class AdapterLibrary:
         raise UserError(f"unknown {kind} {ref!r}: give one of these names{where}: {known}")
 
 
-def _index(folders: list[Path], suffixes: tuple[str, ...]) -> dict[str, Path]:
-    """Files by stem, searched recursively; the first folder given wins a name clash. The run folders
-    ``ssdxl finetune`` leaves beside its outputs (``NAME.run/``) hold checkpoints, not adapters."""
-    found: dict[str, Path] = {}
-    for folder in folders:
-        for path in sorted(folder.rglob("*")):
-            inside_run = any(p.suffix == ".run" for p in path.relative_to(folder).parents)
-            if path.suffix.lower() in suffixes and path.is_file() and not inside_run:
-                found.setdefault(path.stem, path.resolve())
-    return found

@@ -79,6 +79,11 @@ class Preprocessor:
     uses_resolution: bool = True
 
     @property
+    def takes_model(self) -> bool:
+        """Whether the module runs an estimator from a local folder (``model=PATH``): only ``depth``."""
+        return self.run is _depth
+
+    @property
     def sliders(self) -> list[Slider]:
         """Resolution (where the module has it), then threshold_a's and threshold_b's sliders."""
         optional = (RESOLUTION if self.uses_resolution else None, self.slider_a, self.slider_b)
@@ -375,7 +380,7 @@ def _plan(
 ) -> tuple[Preprocessor, int | None, _Settings]:
     """The module, the short side to scale to (None: keep the size) and its settings, or a UserError."""
     module = get_preprocessor(name)
-    if module.run is _depth:
+    if module.takes_model:
         if model is None or str(model) == "":
             raise UserError(DEPTH_NEEDS_MODEL)
         if not (Path(model) / "config.json").is_file():

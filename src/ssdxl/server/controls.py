@@ -38,7 +38,6 @@ from ssdxl.upscale import LATENT_MODES
 if TYPE_CHECKING:
     from ssdxl.server.registry import ModelRegistry
 
-NEEDS_A_PATH = frozenset({"depth"})  # preprocessors that need a local model folder (CLI and Python only)
 A1111_NAME = re.compile(r"^(?P<name>.*?)\s*\[[0-9a-fA-F]+\]$")  # "canny-xl [a1b2c3d4e5]", as A1111's lists show models
 
 router = APIRouter(tags=["Control and upscaling"])
@@ -94,7 +93,7 @@ def check_module(
 def needs_a_path(name: str) -> bool:
     """Whether module ``name`` runs only with a local model folder (an unknown name is refused elsewhere, with why)."""
     try:
-        return get_preprocessor(name).name in NEEDS_A_PATH
+        return get_preprocessor(name).takes_model
     except UserError:
         return False
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ssdxl.errors import UserError
+from ssdxl.paths import files_by_stem
 from ssdxl.upscale.latent import is_latent_mode
 from ssdxl.upscale.models import (
     PICKLED_MODEL_SUFFIXES,
@@ -69,15 +70,11 @@ class Upscaler:
 
 def model_files(dirs: Iterable[str | os.PathLike], *, allow_pickle: bool = False) -> dict[str, Path]:
     """Upscaler files under the folders (recursively), by stem; the first folder wins a clash."""
-    suffixes = SAFE_SUFFIXES + (PICKLED_MODEL_SUFFIXES if allow_pickle else ())
-    found: dict[str, Path] = {}
-    for folder in map(Path, dirs):
+    folders = [Path(d) for d in dirs]
+    for folder in folders:
         if not folder.is_dir():
             raise UserError(f"upscaler folder {folder} not found")
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in suffixes and path.is_file():
-                found.setdefault(path.stem, path)
-    return found
+    return files_by_stem(folders, SAFE_SUFFIXES + (PICKLED_MODEL_SUFFIXES if allow_pickle else ()))
 
 
 def list_upscalers(dirs: Iterable[str | os.PathLike] = (), *, allow_pickle: bool = False) -> list[dict[str, Any]]:
