@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from adapterkit import with_loras
 from safetensors.torch import save_file
 
 from ssdxl.adapters.synthetic import make_lora
@@ -26,13 +27,7 @@ def theirs(folder, loras: list[tuple[str, float]], prompt="a red circle", negati
     from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline.from_pretrained(folder, dtype=torch.float32, **tokenizers())
-    pipe.set_progress_bar_config(disable=True)
-    for i, (path, _) in enumerate(loras):
-        pipe.load_lora_weights(str(path), adapter_name=f"a{i}")
-    if loras:
-        pipe.set_adapters([f"a{i}" for i in range(len(loras))], adapter_weights=[w for _, w in loras])
-    if prepare is not None:
-        prepare(pipe)
+    pipe = with_loras(pipe, loras, prepare)
     out = pipe(
         prompt,
         negative_prompt=negative or None,

@@ -62,7 +62,7 @@ def test_bad_outpaint_requests_fail_when_resolved(builtin_engine):
         builtin_engine.resolve(
             GenerationRequest("x", init_image=picture(), mask_image=picture(), outpaint=(8, 0, 0, 0))
         )
-    with pytest.raises(UserError, match="sides must be at most 4096"):
+    with pytest.raises(UserError, match="sides must be at most 2048"):
         builtin_engine.resolve(GenerationRequest("x", init_image=picture(), outpaint=(2048, 0, 2048, 0)))
     with pytest.raises(UserError, match="at least one above 0"):
         builtin_engine.resolve(GenerationRequest("x", init_image=picture(), outpaint=(0, 0, 0, 0)))
@@ -100,7 +100,7 @@ def test_bad_hires_requests_fail_when_resolved(builtin_engine):
     def resolve(**kw):
         builtin_engine.resolve(GenerationRequest("x", steps=2, **kw))
 
-    with pytest.raises(UserError, match="between 8 and 4096"):
+    with pytest.raises(UserError, match="between 32 and 2048"):
         resolve(width=2048, height=2048, hires=Hires(scale=3))
     with pytest.raises(UserError, match="hires scale must be between 1 and 4"):
         resolve(hires=Hires(scale=5))

@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("ssdxl.errors", "ssdxl.paths"),
     # the request and the device policy are plain data every layer shares
-    ("ssdxl.sampling.request", "ssdxl.sampling.precision", "ssdxl.sampling.schedulers"),
+    ("ssdxl.sampling.request", "ssdxl.sampling.limits", "ssdxl.sampling.precision", "ssdxl.sampling.schedulers"),
     ("ssdxl.models", "ssdxl.data", "ssdxl.upscale"),
     ("ssdxl.output", "ssdxl.conditioning", "ssdxl.adapters", "ssdxl.control", "ssdxl.evaluation"),
     # how an engine runs its UNets (backends, DeepCache, CPU tuning): below the engine that picks them
@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ssdxl.speed", "ssdxl.training"),
     ("ssdxl.finetune",),
     ("ssdxl.distill",),
-    ("ssdxl.server",),
+    ("ssdxl.server", "ssdxl.compare"),  # whole applications over the engine; compare also over evaluation
     ("ssdxl.cli",),
 )  # fmt: skip
 

@@ -91,12 +91,20 @@ def sd15_keys() -> list[str]:
     return keys
 
 
-def test_sd15_is_rejected() -> None:
+def test_sd1_and_sd2_share_a_structure_and_differ_in_their_text_tower() -> None:
     structure = describe_structure(sd15_keys())
     assert structure["down"] == [[1, 1], [1, 1], [1, 1], [0, 0]]
     assert structure["up"] == [[0, 0, 0], [1, 1, 1], [1, 1, 1], [1, 1, 1]]
-    with pytest.raises(UserError, match=r"not an SDXL-family checkpoint \(it looks like Stable Diffusion 1"):
-        detect_preset(sd15_keys())
+    assert structure["embedders"] == ["clip-l"]
+    assert detect_preset(sd15_keys()) == "sd15"
+    clip_l_norm = "cond_stage_model.transformer.text_model.final_layer_norm"
+    sd2 = [k.replace(clip_l_norm, "cond_stage_model.model.ln_final") for k in sd15_keys()]
+    assert describe_structure(sd2)["embedders"] == ["openclip"]
+    assert detect_preset(sd2) == "sd21-base"  # 2.0 and 2.1 share the structure: the later release
+    assert detect_preset(sd2, "v_prediction") == "sd21"
+    assert detect_preset(sd15_keys(), "v_prediction") == "sd15"  # SD 1.x v models are sd15 with another scheduler
+    with pytest.raises(UserError, match="without a known text encoder"):
+        detect_preset([k for k in sd15_keys() if not k.startswith("cond_stage_model.")])
 
 
 def test_diffusers_state_dict_is_rejected() -> None:
@@ -114,7 +122,7 @@ def test_other_files_are_rejected() -> None:
 
 def test_unknown_sdxl_like_layout_is_rejected() -> None:
     keys = [k for k in sgm_keys("sdxl-base", "tiny") if ".transformer_blocks.9." not in k]
-    with pytest.raises(UserError, match="SDXL-like checkpoint with an unsupported UNet layout"):
+    with pytest.raises(UserError, match="SDXL base checkpoint with an unsupported UNet layout"):
         detect_preset(keys)
 
 

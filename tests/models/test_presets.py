@@ -8,6 +8,22 @@ PUBLISHED = {
     "sdxl-refiner": (2_259_526_660, 44),
     "ssd-1b": (1_331_334_404, 34),
     "vega": (745_225_604, 15),
+    "sd15": (859_520_964, 16),
+    "sd20-base": (865_910_724, 16),
+    "sd20": (865_910_724, 16),
+    "sd21-base": (865_910_724, 16),
+    "sd21": (865_910_724, 16),
+}
+FAMILIES = {
+    "sdxl-base": "sdxl",
+    "sdxl-refiner": "sdxl-refiner",
+    "ssd-1b": "sdxl",
+    "vega": "sdxl",
+    "sd15": "sd1",
+    "sd20-base": "sd2",
+    "sd20": "sd2-v",
+    "sd21-base": "sd2",
+    "sd21": "sd2-v",
 }
 
 
@@ -24,6 +40,14 @@ def test_tiny_copy_keeps_structure(name):
     for key in ("down_block_types", "up_block_types", "mid_block_type", "layers_per_block"):
         assert tiny.unet.get(key) == full.unet.get(key)
     assert tiny.is_refiner == full.is_refiner
+    assert tiny.family == full.family
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_follows_from_the_configs(name):
+    family = get_preset(name).family
+    assert family.name == FAMILIES[name]
+    assert get_preset(name).defaults["width"] == family.default_size
 
 
 def test_presets_listed_and_unknown_rejected():

@@ -159,7 +159,7 @@ def test_extras_are_ignored_and_strangers_rejected() -> None:
     components.text_encoder.load_state_dict(back["text_encoder"], strict=True)
     components.text_encoder_2.load_state_dict(back["text_encoder_2"], strict=True)
 
-    with pytest.raises(UserError, match="not part of an SDXL-family"):
+    with pytest.raises(UserError, match="not part of a Stable Diffusion single-file model"):
         components_from_sgm({**sgm, "model.diffusion_model.lora_up.weight": torch.zeros(1)}, preset.unet)
 
 

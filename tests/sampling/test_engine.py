@@ -130,7 +130,7 @@ def test_every_named_scheduler_gives_a_finite_reproducible_image(engine, name):
     ("change", "message"),
     [
         ({"width": 101}, "nearest valid: 104"),
-        ({"height": 0}, "nearest valid: 8"),
+        ({"height": 0}, "nearest valid: 32"),
         ({"steps": 0}, "steps"),
         ({"scheduler": "Euler z"}, "unknown scheduler"),
         ({"seed": -5}, "seed"),

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from ssdxl.models.families import SDXL_LATENTS
+from ssdxl.models.latent_preview import latent_preview
 from ssdxl.server.auth import KeyStore, RateLimiter, parse_burst, parse_rate
 from ssdxl.server.config import ServerConfig
-from ssdxl.server.previews import SDXL_LATENT_RGB_BIAS, latent_preview
 from ssdxl.server.storage import open_data
 from ssdxl.server.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 
@@ -148,9 +149,9 @@ def test_request_round_trip_keeps_images(data):
 
 
 def test_latent_preview_is_the_fixed_linear_map():
-    image = latent_preview(torch.zeros(1, 4, 8, 6))
+    image = latent_preview(torch.zeros(1, 4, 8, 6), SDXL_LATENTS)
     assert image.size == (6, 8)
-    expected = tuple(round((float(b) + 1) * 127.5) for b in SDXL_LATENT_RGB_BIAS)
+    expected = tuple(round((float(b) + 1) * 127.5) for b in SDXL_LATENTS.rgb_bias)
     assert image.getpixel((0, 0)) == expected
 
 

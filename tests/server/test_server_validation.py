@@ -26,7 +26,7 @@ def png_b64(size=(64, 64)):
         (f"/v1/{MODEL}", {"prompt": "p", "num_inference_steps": 0}, 422, "num_inference_steps"),
         (f"/v1/{MODEL}", {"prompt": "p", "seed": "abc"}, 422, "seed"),
         (f"/v1/{MODEL}", {"prompt": "p", "scheduler": "Euler z"}, 422, "scheduler"),
-        (f"/v1/{MODEL}", {"prompt": "p", "style": "anime"}, 422, "style"),
+        (f"/v1/{MODEL}", {"prompt": "p", "style": "no-such-style"}, 422, "style"),
         (f"/v1/{MODEL}", {"prompt": "p", "image": "%%%not base64"}, 422, "image"),
         ("/v1/no-such-model", {"prompt": "p"}, 422, "model"),
         (f"/v1/{MODEL}", {"negative_prompt": "p"}, 422, "prompt"),

@@ -51,3 +51,15 @@ def test_deepcache_and_odd_latent_sizes_run_in_pytorch(tiny_dir, exported):
     assert isinstance(engine.runtime.unet(unet, torch.zeros(1, 4, 8, 8), cache_interval=2), DeepCacheUNet)
     image = engine.generate(GenerationRequest("a green triangle", seed=2, steps=2, width=72, height=64)).images[0]
     assert image.image.size == (72, 64)
+
+
+def test_sd15_exports_without_size_conditioning_and_matches_pytorch(tiny_dir, tmp_path, monkeypatch):
+    """SD 1.x's UNet takes no pooled text or time ids: its graph has three inputs, and its images match."""
+    monkeypatch.setenv("SSDXL_CACHE", str(tmp_path))
+    reference = Engine.load(tiny_dir("sd15"), device="cpu", dtype="float32", backend="torch")
+    request = GenerationRequest("a green triangle", seed=2, steps=3, width=64, height=64)
+    engine = Engine.load(tiny_dir("sd15"), device="cpu", dtype="float32", backend="openvino")
+    assert len(engine.runtime.unet(engine.base.components.unet, torch.zeros(1, 4, 8, 8))._run._model.inputs) == 3
+    ours = engine.generate(request).images[0]
+    assert ours.params["backend"] == "openvino"
+    assert psnr(reference.generate(request).images[0].image, ours.image) > 40

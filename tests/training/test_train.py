@@ -125,7 +125,7 @@ def test_conditioning_shapes_and_caption_dropout() -> None:
     from ssdxl.training.denoiser import TextConditioner, caption_keep_mask
 
     parts = build_components(architecture("tiny")[0])
-    text = TextConditioner(parts.tokenizer, parts.tokenizer_2, parts.text_encoder, parts.text_encoder_2)
+    text = TextConditioner(parts)
     captions = ["a red circle", "a blue square above a green star", "", "a white cross on the left"]
     time_ids = torch.tensor([[32, 32, 0, 0, 32, 32], [48, 80, 0, 2, 32, 48]] * 2, dtype=torch.float32)
     keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
@@ -196,7 +196,7 @@ def test_contrast_loss_reads_the_batch_contrasts() -> None:
     batch = next(BucketBatches(ShapesWorld(seed=1, two_object_fraction=1.0), buckets, batch_size=8, seed=0))
     assert batch.contrasts is not None
     assert all(c not in (None, cap) for c, cap in zip(batch.contrasts, batch.captions, strict=True))
-    text = TextConditioner(parts.tokenizer, parts.tokenizer_2, parts.text_encoder, parts.text_encoder_2)
+    text = TextConditioner(parts)
     noise = NoiseSchedule.from_config(parts.scheduler_config)
     losses = []
     for weight in (0.0, 1.0):

@@ -1,10 +1,11 @@
 """Textual-inversion embeddings: learned token vectors a prompt calls by name.
 
 Files come as SDXL's two-tower ``{"clip_l": [n, 768], "clip_g": [n, 1280]}`` (e.g. unaestheticXL),
-diffusers' ``learned_embeds`` (``{"<token>": [n, D]}``), A1111's SD-1 ``{"emb_params": [n, D]}`` or
-its pickled ``string_to_param`` (only with ``allow_pickle``). A prompt uses an embedding by its
-name (the file stem) or as ComfyUI writes it, ``embedding:name``; ``conditioning.prompt`` puts the
-vectors where the name stands, in the positive or negative prompt, with the prompt's weights.
+diffusers' ``learned_embeds`` (``{"<token>": [n, D]}``), A1111's ``{"emb_params": [n, D]}`` or
+its pickled ``string_to_param`` (only with ``allow_pickle``); the one-tower kinds are SD 1.x (768 wide)
+and SD 2.x (1024 wide) embeddings. A prompt uses an embedding by its name (the file stem) or as ComfyUI
+writes it, ``embedding:name``; ``conditioning.prompt`` puts the vectors where the name stands, in the
+positive or negative prompt, with the prompt's weights.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from pathlib import Path
 
 import torch
 
+from ssdxl.adapters.lora import CONDITIONING_WIDTHS
 from ssdxl.errors import UserError, first_line
+from ssdxl.models.families import Family
 from ssdxl.models.loading import PICKLE_HINT, PICKLE_SUFFIXES, file_hash
 
 EMBEDDING_SUFFIXES = (".safetensors", *sorted(PICKLE_SUFFIXES))
-TOWER_KEYS = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
+TOWER_KEYS = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}  # SDXL files: one key per text tower
+ONE_TOWER_KEY = "emb_params"  # A1111's key for a one-tower (SD 1.x / 2.x) file
 
 
 @dataclass(frozen=True)
@@ -33,13 +37,36 @@ class Embedding:
     def length(self) -> int:
         return next(iter(self.vectors.values())).shape[0]
 
-    def for_tower(self, tower: str, width: int) -> torch.Tensor:
-        """The vectors for text encoder ``tower`` ("text_encoder" / "text_encoder_2") of width ``width``."""
-        vectors = self.vectors.get(TOWER_KEYS[tower], self.vectors.get("any"))
-        if vectors is None or vectors.shape[-1] != width:
-            have = ", ".join(f"{k} ({v.shape[-1]} wide)" for k, v in self.vectors.items())
-            raise UserError(f"embedding {self.name} has no vectors for this model's {width}-wide text encoder ({have})")
-        return vectors
+    @property
+    def made_for(self) -> str:
+        """The architecture the file is for: SDXL (clip_l / clip_g), else told by the one tower's width."""
+        if "any" not in self.vectors:
+            return "SDXL"
+        return CONDITIONING_WIDTHS.get(self.vectors["any"].shape[-1], "a one-tower model")
+
+    def for_model(self, family: Family, widths: dict[str, int]) -> dict[str, torch.Tensor]:
+        """The vectors for each text tower of a ``family`` model (tower slot -> width). Only SDXL-family models
+        read clip_l / clip_g files (A1111 refuses them on SD 1.x too, though clip_l is SD 1.x's tower); a
+        one-tower file fits a model with one tower of its width."""
+        found = {}
+        for tower, width in widths.items():
+            vectors = self.vectors.get("any" if "any" in self.vectors or not family.is_sdxl else TOWER_KEYS[tower])
+            if vectors is None or vectors.shape[-1] != width:
+                have = ", ".join(f"{'' if k == 'any' else k + ' '}{v.shape[-1]} wide" for k, v in self.vectors.items())
+                raise UserError(
+                    f"embedding {self.name} (made for {self.made_for}: {have}) has no vectors for this model's "
+                    f"{width}-wide text encoder ({family.label})"
+                )
+            found[tower] = vectors
+        return found
+
+
+def embedding_keys(family: Family) -> dict[str, str]:
+    """Tower slot -> the key its vectors have in a file for a ``family`` model: clip_l / clip_g for SDXL-family
+    models, A1111's ``emb_params`` for SD 1.x / 2.x's one tower (what ``for_model`` reads back)."""
+    if family.is_sdxl:
+        return {tower: TOWER_KEYS[tower] for tower in family.towers}
+    return {tower: ONE_TOWER_KEY for tower in family.towers}
 
 
 def name_pattern(name: str) -> re.Pattern[str]:
@@ -73,8 +100,8 @@ def read_embedding(path: Path, *, allow_pickle: bool = False) -> Embedding:
 def _vectors(state: dict, file: str) -> dict[str, torch.Tensor]:
     if "string_to_param" in state:  # A1111's pickled format
         state = {"any": next(iter(state["string_to_param"].values()))}
-    elif "emb_params" in state:
-        state = {"any": state["emb_params"]}
+    elif ONE_TOWER_KEY in state:
+        state = {"any": state[ONE_TOWER_KEY]}
     elif not ({"clip_l", "clip_g"} & set(state)) and len(state) == 1:  # diffusers' {"<token>": tensor}
         state = {"any": next(iter(state.values()))}
     vectors = {}

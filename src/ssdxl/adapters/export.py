@@ -1,9 +1,11 @@
 """Writing adapter files: what fine-tuning and LCM distillation hand over, in the layouts the loaders read.
 
 A LoRA is written in diffusers' peft layout (``unet.<module>.lora_A.weight``: what
-``load_lora_weights`` reads) or kohya-ss's (``lora_unet_<SGM module>.lora_down.weight`` + ``alpha``:
-what sd-scripts writes for SDXL and A1111 / ComfyUI read). An embedding is SDXL's two-tower
-``{"clip_l", "clip_g"}`` file (``load_textual_inversion`` per tower, A1111, ComfyUI).
+``load_lora_weights`` reads) or kohya-ss's (``lora_unet_<module>.lora_down.weight`` + ``alpha``: what
+sd-scripts writes and A1111 / ComfyUI read): SGM block names and ``lora_te1_`` / ``lora_te2_`` for SDXL,
+diffusers block names and ``lora_te_`` for the one text encoder of SD 1.x / 2.x. An embedding is SDXL's
+two-tower ``{"clip_l", "clip_g"}`` file or A1111's one-tower ``emb_params`` (``embedding_keys`` says which;
+``load_textual_inversion`` per tower, A1111, ComfyUI).
 """
 
 from __future__ import annotations
@@ -15,8 +17,23 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ssdxl.models.families import Family
+
 LORA_FORMATS = ("diffusers", "kohya")
-KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+ONE_TOWER_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te"}
+SDXL_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+
+
+def kohya_prefixes(family: Family) -> dict[str, str]:
+    """kohya-ss's key prefix per part: ``lora_te`` for SD 1.x / 2.x's one text encoder, ``lora_te1`` / ``lora_te2``
+    for SDXL's (the refiner's one tower is SDXL's second)."""
+    return ONE_TOWER_PREFIXES if family.towers == ("text_encoder",) else SDXL_PREFIXES
+
+
+def architecture_metadata(family: Family) -> dict[str, str]:
+    """The metadata entry that says which architecture a LoRA was made for (``ssdxl loras`` lists it, and a model
+    of another family refuses the file by name even where its widths tell nothing)."""
+    return {"modelspec.architecture": f"{family.modelspec}/lora"}
 
 
 def sgm_unet_names(components) -> dict[str, str]:
@@ -44,12 +61,13 @@ def wild_name(part: str, module: str) -> str:
     return module if part == "unet" or module.startswith("text_model.") else "text_model." + module
 
 
-def kohya_key(part: str, module: str, sgm_names: dict[str, str] | None = None) -> str:
-    """The kohya-ss name of LoRA'd ``module`` of ``part``: SGM block names for the UNet (as sd-scripts
-    writes SDXL LoRAs), ``text_model.`` names for the CLIP towers."""
+def kohya_key(part: str, module: str, prefixes: dict[str, str], sgm_names: dict[str, str] | None = None) -> str:
+    """The kohya-ss name of LoRA'd ``module`` of ``part`` under ``prefixes`` (``kohya_prefixes``): SGM block names
+    for the UNet where ``sgm_names`` is given (as sd-scripts writes SDXL LoRAs), ``text_model.`` names for the CLIP
+    towers."""
     if part == "unet" and sgm_names is not None:
         module = sgm_names[module]
-    return KOHYA_PREFIXES[part] + "_" + wild_name(part, module).replace(".", "_")
+    return prefixes[part] + "_" + wild_name(part, module).replace(".", "_")
 
 
 LoraPair = tuple[torch.Tensor, torch.Tensor, float]
@@ -80,23 +98,23 @@ def save_lora(
     """Write the peft adapter ``adapter`` that is on ``parts``' UNet / text towers as one LoRA file.
 
     diffusers layout: alpha/r is folded into ``lora_B`` (every loader then reads scale 1). kohya layout:
-    the weights as trained, with ``alpha`` per layer (scale = alpha / rank, as kohya-ss defines it).
+    the weights as trained, with ``alpha`` per layer (scale = alpha / rank, as kohya-ss defines it), under the
+    names sd-scripts gives the model's family.
     """
     if fmt not in LORA_FORMATS:
         raise ValueError(f"LoRA format must be one of {LORA_FORMATS}, got {fmt!r}")
     tensors: dict[str, torch.Tensor] = {}
-    sgm_names = sgm_unet_names(parts) if fmt == "kohya" else None
-    for part in ("unet", "text_encoder", "text_encoder_2"):
-        module = getattr(parts, part)
-        if module is None:
-            continue
-        for name, (down, up, scale) in lora_pairs(module, adapter).items():
+    family = parts.family
+    prefixes = kohya_prefixes(family)
+    sgm_names = sgm_unet_names(parts) if fmt == "kohya" and family.is_sdxl else None
+    for part in ("unet", *family.towers):
+        for name, (down, up, scale) in lora_pairs(getattr(parts, part), adapter).items():
             if fmt == "diffusers":
                 key = f"{part}.{wild_name(part, name)}"
                 tensors[f"{key}.lora_A.weight"] = down
                 tensors[f"{key}.lora_B.weight"] = up * scale
             else:
-                key = kohya_key(part, name, sgm_names)
+                key = kohya_key(part, name, prefixes, sgm_names)
                 tensors[f"{key}.lora_down.weight"] = down
                 tensors[f"{key}.lora_up.weight"] = up
                 tensors[f"{key}.alpha"] = torch.tensor(scale * down.shape[0])
@@ -111,7 +129,8 @@ def save_embedding(
     metadata: dict[str, str] | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """An SDXL textual-inversion file: ``clip_l`` [n, 768-ish] and ``clip_g`` [n, 1280-ish]."""
+    """A textual-inversion file: ``vectors`` under the keys ``embedding_keys`` gives the model (SDXL's ``clip_l``
+    [n, 768-ish] and ``clip_g`` [n, 1280-ish], or one tower's ``emb_params``)."""
     return _write(vectors, path, metadata, dtype)
 
 

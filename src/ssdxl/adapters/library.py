@@ -17,8 +17,7 @@ from ssdxl.adapters.lora import LORA_SUFFIXES, LoraInfo, inspect_lora
 from ssdxl.errors import UserError
 from ssdxl.models import builtin
 from ssdxl.paths import files_by_stem
-
-PROMPT_LORA = re.compile(r"<(?:lora|lyco):([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
+from ssdxl.sampling.request import PROMPT_LORA
 
 
 def prompt_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:

@@ -1,9 +1,10 @@
 """LoRA files: what a file is (format, rank, what it patches, whether it is an LCM-LoRA) and its weights.
 
-Loading is diffusers' job (``ssdxl.adapters.patching`` calls ``load_lora_weights``, which reads the
-diffusers/peft layout and converts kohya-ss files: ``lora_unet_*``, ``lora_te1_*``, ``lora_te2_*``
-with ``alpha``, diffusers or SGM block names). This module adds what a user needs before that: a
-one-line error for a file it cannot use, the pickle refusal models have, and the facts ``ssdxl
+Loading is diffusers' job (``ssdxl.adapters.patching`` calls the loader mixin of the model's pipeline, which
+reads the diffusers/peft layout and converts kohya-ss files: ``lora_unet_*``, ``lora_te_*`` (SD 1.x / 2.x),
+``lora_te1_*``, ``lora_te2_*`` (SDXL) with ``alpha``, diffusers or SGM block names). This module adds what a
+user needs before that: a one-line error for a file it cannot use, the pickle refusal models have, the
+architecture a file was made for (so a LoRA for another family is refused by name), and the facts ``ssdxl
 loras`` lists, read from the header alone.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from ssdxl.errors import UserError, first_line
+from ssdxl.models.families import Family
 from ssdxl.models.loading import PICKLE_HINT, PICKLE_SUFFIXES, file_hash
 
 LORA_SUFFIXES = (".safetensors", *sorted(PICKLE_SUFFIXES))
@@ -25,6 +27,20 @@ LORA_SUFFIXES = (".safetensors", *sorted(PICKLE_SUFFIXES))
 _FEW_STEP_NAME = re.compile(r"(^|[^a-z])(lcm|vegart|tcd)([^a-z]|$)", re.IGNORECASE)
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _LYCORIS_MARKERS = {"hada_w1_a": "LyCORIS LoHa", "lokr_w1": "LyCORIS LoKr", "lokr_w1_a": "LyCORIS LoKr"}
+_DOWN_SUFFIXES = ("lora_down.weight", "lora_A.weight", ".down.weight")
+_CROSS_ATTENTION_KV = re.compile(r"attn2[._](processor[._])?to_[kv][._]")
+# The width of the text conditioning each architecture's UNet reads (cross-attention keys / values).
+CONDITIONING_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL", 1280: "SDXL refiner"}
+# What kohya-ss (``ss_base_model_version``) and Stability's model spec (``modelspec.architecture``) write.
+_DECLARED = (
+    ("stable-diffusion-xl-v1-refiner", "SDXL refiner"),
+    ("stable-diffusion-xl", "SDXL"),
+    ("stable-diffusion-v2", "SD 2.x"),
+    ("stable-diffusion-v1", "SD 1.x"),
+    ("sdxl", "SDXL"),
+    ("sd_v2", "SD 2.x"),
+    ("sd_v1", "SD 1.x"),
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,7 @@ class LoraInfo:
     parts: tuple[str, ...]  # which of unet, text_encoder, text_encoder_2 it patches
     base_model: str | None  # what its metadata says it was trained for
     few_step: str | None  # "LCM" or "TCD" for few-step LoRAs, else None
+    architecture: str | None  # what it was made for ("SD 1.x", "SDXL", ...: a Family.architecture), if known
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,7 +67,14 @@ class LoraInfo:
             "parts": list(self.parts),
             "base_model": self.base_model,
             "few_step": self.few_step,
+            "architecture": self.architecture,
         }
+
+    def check_family(self, family: Family) -> None:
+        """A one-line UserError naming both when this LoRA was made for another architecture than ``family``'s."""
+        model = family.architecture
+        if self.architecture not in (None, model):
+            raise UserError(f"LoRA {self.name} was made for {self.architecture}; this model is {model}")
 
 
 def inspect_lora(path: Path, *, allow_pickle: bool = False) -> LoraInfo:
@@ -79,6 +103,7 @@ def inspect_lora(path: Path, *, allow_pickle: bool = False) -> LoraInfo:
         base_model=metadata.get("ssdxl.base_model") or metadata.get("ss_base_model_version")
         or metadata.get("modelspec.architecture"),
         few_step=_few_step(path, metadata),
+        architecture=_architecture(shapes, metadata),
     )
 
 
@@ -118,9 +143,23 @@ def _format(shapes: dict[str, list[int]]) -> str:
 
 def _rank(shapes: dict[str, list[int]]) -> int | None:
     for key, shape in shapes.items():
-        if (key.endswith(("lora_down.weight", "lora_A.weight", ".down.weight"))) and shape:
+        if key.endswith(_DOWN_SUFFIXES) and shape:
             return int(shape[0])
     return None
+
+
+def _architecture(shapes: dict[str, list[int]], metadata: dict[str, str]) -> str | None:
+    """What a LoRA was made for: the width of the text its cross-attention keys read, else SDXL's second text
+    tower among its parts, else what its metadata declares; None when nothing tells (models of other widths)."""
+    widths = {
+        shape[1] for key, shape in shapes.items() if _CROSS_ATTENTION_KV.search(key) and key.endswith(_DOWN_SUFFIXES)
+    }
+    if len(widths) == 1 and widths <= CONDITIONING_WIDTHS.keys():
+        return CONDITIONING_WIDTHS[widths.pop()]
+    if "text_encoder_2" in _parts(shapes):
+        return "SDXL"
+    declared = (metadata.get("modelspec.architecture") or metadata.get("ss_base_model_version") or "").lower()
+    return next((arch for prefix, arch in _DECLARED if declared.startswith(prefix)), None)
 
 
 def _parts(shapes: dict[str, list[int]]) -> tuple[str, ...]:

@@ -2,7 +2,9 @@
 diffusers and peft doing the weight work.
 
 A LoRA is loaded once into the UNet and text encoders as a named peft adapter (diffusers'
-``load_lora_into_unet`` / ``load_lora_into_text_encoder``, what ``load_lora_weights`` calls) and stays
+``load_lora_into_unet`` / ``load_lora_into_text_encoder``, what ``load_lora_weights`` calls; the loader mixin is
+the one of the model family's pipeline, ``StableDiffusionLoraLoaderMixin`` for SD 1.x / 2.x,
+``StableDiffusionXLLoraLoaderMixin`` for SDXL) and stays
 resident, disabled, for later requests; past ``max_resident`` the least recently used is deleted.
 ``applied(loras)`` enables exactly a request's adapters at its weights (``set_adapters``) and
 disables them all on the way out: a disabled peft layer calls its base layer alone, so the next
@@ -19,7 +21,7 @@ import logging
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -27,13 +29,13 @@ import torch
 
 from ssdxl.adapters.embeddings import Embedding, name_pattern
 from ssdxl.adapters.lora import LoraInfo
+from ssdxl.conditioning.prompt import TOKENIZERS
 from ssdxl.errors import UserError, first_line
 from ssdxl.models.components import Components
 
-PARTS = ("unet", "text_encoder", "text_encoder_2")
+PARTS = ("unet", "text_encoder", "text_encoder_2")  # every part a LoRA file may patch
 MAX_LORAS = 16  # per request, and resident at once: a request's set always fits
-NO_MATCH = "LoRA {name} matches no layer of this model: it was made for another architecture"
-TOWERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+NO_MATCH = "LoRA {name} matches no layer of this {model} model: it was made for another architecture"
 _LORA_SUFFIX = re.compile(r"\.(lora(_linear_layer)?\.(down|up)|lora_[AB]|lora_magnitude_vector)(\.\w+)*$|\.alpha$")
 
 
@@ -50,13 +52,20 @@ class AdapterPatcher:
 
     def __init__(self, components: Components, max_resident: int = MAX_LORAS):
         self.components = components
+        self.family = components.family
         self.max_resident = max_resident
         self._resident: OrderedDict[str, tuple[int, int]] = OrderedDict()  # adapter -> (patched, skipped)
         self._pipe = None
 
     @property
+    def parts(self) -> dict[str, torch.nn.Module]:
+        """The modules a LoRA can patch in this model: the UNet and the family's text towers."""
+        return {part: getattr(self.components, part) for part in ("unet", *self.family.towers)}
+
+    @property
     def pipeline(self):
-        """diffusers' SDXL pipeline around these very modules: the object its LoRA loader mixin works on."""
+        """diffusers' pipeline of this model's family around these very modules (``Components.diffusers_pipeline``
+        decides which): the object whose LoRA loader mixin and textual-inversion loader do the work."""
         if self._pipe is None:
             self._pipe = self.components.diffusers_pipeline()
         return self._pipe
@@ -100,13 +109,12 @@ class AdapterPatcher:
 
     def check_fit(self, embedding: Embedding) -> None:
         """A one-line UserError unless ``embedding`` has vectors for every text encoder of this model."""
-        for tower, encoder, _ in self._towers():
-            embedding.for_tower(tower, _width(encoder))
+        self._vectors(embedding)
 
-    def _towers(self) -> list[tuple[str, torch.nn.Module, object]]:
-        """(name, text encoder, tokenizer) of each text tower the model has."""
-        pipe = self.pipeline
-        return [(t, getattr(pipe, t), getattr(pipe, tok)) for t, tok in TOWERS if getattr(pipe, t) is not None]
+    def _vectors(self, embedding: Embedding) -> dict[str, torch.Tensor]:
+        """``embedding``'s vectors for each text tower of this model, by tower slot."""
+        widths = {tower: _width(getattr(self.components, tower)) for tower in self.family.towers}
+        return embedding.for_model(self.family, widths)
 
     @contextmanager
     def embeddings_loaded(self, embeddings: list[Embedding]) -> Iterator[Callable[[str], str]]:
@@ -122,8 +130,10 @@ class AdapterPatcher:
             with outside_inference_mode():  # the resized vocabulary must stay an ordinary tensor (peft needs it)
                 for embedding in embeddings:
                     token = _token(embedding.name)
-                    for tower, encoder, tokenizer in self._towers():
-                        vectors = embedding.for_tower(tower, _width(encoder)).to(encoder.dtype)
+                    for tower, vectors in self._vectors(embedding).items():
+                        encoder = getattr(self.components, tower)
+                        tokenizer = getattr(self.components, TOKENIZERS[tower])
+                        vectors = vectors.to(encoder.dtype)
                         pipe.load_textual_inversion(
                             {token: vectors}, token=token, tokenizer=tokenizer, text_encoder=encoder
                         )
@@ -138,59 +148,56 @@ class AdapterPatcher:
                     )
 
     def _inject(self, lora: LoraInfo, name: str) -> tuple[int, int]:
+        lora.check_family(self.family)
         pipe = self.pipeline
         try:
             state_dict, alphas = pipe.lora_state_dict(str(lora.path), unet_config=pipe.unet.config)
+            wanted = {part: _module_names(state_dict, part) for part in PARTS}
         except Exception as exc:  # diffusers' converters raise ValueError / KeyError on layouts they do not know
             raise UserError(f"LoRA {lora.name}: cannot read it as a LoRA ({first_line(exc)})") from None
-        wanted = {part: _module_names(state_dict, part) for part in PARTS}
         if not any(wanted.values()):
             raise UserError(f"LoRA {lora.name}: no UNet or text-encoder weights in it")
         try:
             with _quiet_loaders():
-                if wanted["unet"]:
-                    pipe.load_lora_into_unet(state_dict, alphas, unet=pipe.unet, adapter_name=name, _pipeline=pipe)
-                for part in ("text_encoder", "text_encoder_2"):
-                    encoder = getattr(pipe, part)
-                    if wanted[part] and encoder is not None:
+                for part, module in self.parts.items():
+                    if not wanted[part]:
+                        continue
+                    if part == "unet":
+                        pipe.load_lora_into_unet(state_dict, alphas, unet=module, adapter_name=name, _pipeline=pipe)
+                    else:
                         pipe.load_lora_into_text_encoder(
-                            state_dict, alphas, text_encoder=encoder, prefix=part, adapter_name=name, _pipeline=pipe
+                            state_dict, alphas, text_encoder=module, prefix=part, adapter_name=name, _pipeline=pipe
                         )
         except Exception as exc:  # a shape mismatch, or no layer matched: the LoRA was made for another architecture
             self._remove(name)
             if "not found in the base model" in str(exc):
-                raise UserError(NO_MATCH.format(name=lora.name)) from None
+                raise UserError(NO_MATCH.format(name=lora.name, model=self.family.label)) from None
             raise UserError(
-                f"LoRA {lora.name} does not fit this model (made for another architecture?): {first_line(exc)}"
+                f"LoRA {lora.name} does not fit this model ({self.family.label}; made for another architecture?): "
+                f"{first_line(exc)}"
             ) from None
         pipe.disable_lora()  # resident but off until a request asks for it
-        patched = sum(_count_layers(getattr(pipe, part), name) for part in PARTS if getattr(pipe, part) is not None)
+        patched = sum(_count_layers(module, name) for module in self.parts.values())
         expected = sum(len(v) for v in wanted.values())
         if patched == 0:
             self._remove(name)
-            raise UserError(NO_MATCH.format(name=lora.name))
+            raise UserError(NO_MATCH.format(name=lora.name, model=self.family.label))
         return patched, max(0, expected - patched)
 
     def _remove(self, name: str) -> None:
-        for part in PARTS:
-            module = getattr(self.pipeline, part)
-            if module is not None and _count_layers(module, name):
-                from peft.tuners.tuners_utils import BaseTunerLayer
-
-                for layer in module.modules():
-                    if isinstance(layer, BaseTunerLayer) and name in layer.lora_A:
-                        layer.delete_adapter(name)
+        for layer in list(_lora_layers(self.parts.values(), [name])):
+            layer.delete_adapter(name)
 
     def _fuse(self, names: list[str]) -> dict[torch.nn.Module, torch.Tensor]:
         backup = {}
-        for layer in _lora_layers(self.pipeline, names):
+        for layer in _lora_layers(self.parts.values(), names):
             base = layer.get_base_layer()
             backup[base] = base.weight.detach().clone()
-        self.pipeline.fuse_lora(components=list(_present_parts(self.pipeline)), adapter_names=names)
+        self.pipeline.fuse_lora(components=list(self.parts), adapter_names=names)
         return backup
 
     def _unfuse(self, backup: dict[torch.nn.Module, torch.Tensor]) -> None:
-        self.pipeline.unfuse_lora(components=list(_present_parts(self.pipeline)))
+        self.pipeline.unfuse_lora(components=list(self.parts))
         with torch.no_grad():
             for base, weight in backup.items():
                 base.weight.copy_(weight)
@@ -278,14 +285,11 @@ def _count_layers(module: torch.nn.Module, name: str) -> int:
     return sum(1 for m in module.modules() if isinstance(m, BaseTunerLayer) and name in getattr(m, "lora_A", {}))
 
 
-def _lora_layers(pipe, names: list[str]) -> Iterator[torch.nn.Module]:
+def _lora_layers(modules: Iterable[torch.nn.Module], names: list[str]) -> Iterator[torch.nn.Module]:
+    """The peft layers in ``modules`` that hold any of the adapters ``names``."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for part in _present_parts(pipe):
-        for m in getattr(pipe, part).modules():
+    for module in modules:
+        for m in module.modules():
             if isinstance(m, BaseTunerLayer) and any(n in getattr(m, "lora_A", {}) for n in names):
                 yield m
-
-
-def _present_parts(pipe) -> Iterator[str]:
-    return (part for part in PARTS if getattr(pipe, part) is not None)

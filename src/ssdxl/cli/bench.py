@@ -95,10 +95,10 @@ def export_openvino(
 
 
 def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size must look like WIDTHxHEIGHT, e.g. 512x512; got {text!r}") from None
+    """``--size WxH`` as (width, height), positive multiples of 8."""
+    from ssdxl.sampling.limits import parse_size
+
+    width, height = parse_size(text, "--size")
     if width % 8 or height % 8 or width <= 0 or height <= 0:
         raise UserError(f"--size sides must be positive multiples of 8; got {text}")
     return width, height

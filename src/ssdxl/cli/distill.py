@@ -87,6 +87,7 @@ def distill(
         return
     from ssdxl.distill.config import DistillConfig
     from ssdxl.distill.run import distill as run_distill
+    from ssdxl.sampling.limits import parse_size
 
     given = {
         "teacher": teacher, "data": data, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "kd": kd,
@@ -94,7 +95,7 @@ def distill(
         "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
         "checkpoint_every": checkpoint_every, "log_every": log_every, "speed_repeats": speed_repeats,
         "name": name, "seed": seed, "threads": threads,
-        "sizes": [parse_size(s) for s in size] if size else None,
+        "sizes": [parse_size(s, "--size") for s in size] if size else None,
     }  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     if resume:
@@ -145,15 +146,6 @@ def plan(
 
 
 app.command("lcm")(lcm)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' as (width, height), the order training buckets use."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size must look like WIDTHxHEIGHT, e.g. 64x64; got {text!r}") from None
-    return width, height
 
 
 if __name__ == "__main__":  # ``python -m ssdxl.cli.distill`` / ``accelerate launch -m ssdxl.cli.distill``

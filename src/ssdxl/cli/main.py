@@ -26,6 +26,28 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _print_version(value: bool) -> None:
+    """``ssdxl --version``: the installed distribution's version (what pip installed), then exit."""
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("ssdxl")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from ssdxl import __version__ as text
+        typer.echo(f"ssdxl {text}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Options of ``ssdxl`` itself, given before a command (the app's help text is the Typer's)."""
+
+
 def fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -62,22 +84,31 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
 
 
-def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
-    """'WxH' as (height, width), the order SDXL's conditioning uses."""
-    if text is None:
-        return None
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"{option} must look like WIDTHxHEIGHT, e.g. 1024x1024; got {text!r}") from None
-    return height, width
-
-
 def check_output(path: Path) -> Path:
-    """An image file name ssdxl can write (by its suffix), or a one-line error."""
+    """An image file name ssdxl can write, or a one-line error: a known suffix, not a folder, and the folder it goes
+    in writable (or missing, to be made inside a writable one). Called before any work, so a bad path costs nothing."""
+    import os
+
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise UserError(f"unsupported output format {path.suffix!r}; use .png, .jpg or .webp")
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; give a file name such as {path / 'out.png'}")
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # where files get made
+    if not folder.is_dir():
+        raise UserError(f"cannot write {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"cannot write {path}: permission denied")
     return path
+
+
+def save_images(result, paths: list[Path]) -> list[Path]:
+    """Each image saved; a write that fails anyway (disk full, the folder removed meanwhile) is one line."""
+    from ssdxl.output.files import save_image
+
+    try:
+        return [save_image(g, p) for g, p in zip(result.images, paths, strict=True)]
+    except OSError as exc:
+        raise UserError(f"cannot write {exc.filename or paths[0]}: {exc.strerror or exc}") from None
 
 
 def open_image(path: Path | None, option: str):
@@ -106,6 +137,12 @@ def generate(
         Path, typer.Option("--output", "-o", help="Image file (.png/.jpg/.webp); -N is added per sample.")
     ] = Path("out.png"),
     negative: Annotated[str, typer.Option("--negative", "-n", help="Negative prompt.")] = "",
+    style: Annotated[
+        list[str] | None, typer.Option("--style", help="Prompt style by name (ssdxl styles); repeatable, in order.")
+    ] = None,
+    styles_file: Annotated[
+        list[Path] | None, typer.Option("--styles-file", help="A1111 styles.csv (or JSON) adding styles; repeatable.")
+    ] = None,
     width: Annotated[int | None, typer.Option("--width", "-W")] = None,
     height: Annotated[int | None, typer.Option("--height", "-H")] = None,
     steps: Annotated[int | None, typer.Option("--steps")] = None,
@@ -141,6 +178,15 @@ def generate(
     cache_interval: Annotated[
         int, typer.Option("--cache-interval", help="DeepCache: full UNet every N steps, cheap ones between (1 = off).")
     ] = 1,
+    clip_skip: Annotated[
+        int, typer.Option("--clip-skip", help="A1111's clip skip: 2 reads the text encoder's layer before the usual.")
+    ] = 1,
+    guidance_rescale: Annotated[
+        float, typer.Option("--guidance-rescale", help="Rescale guided predictions (zero-terminal-SNR models: 0.7).")
+    ] = 0.0,
+    vae: Annotated[
+        str | None, typer.Option("--vae", help="Another VAE: a diffusers vae/ folder or a single .safetensors file.")
+    ] = None,
     backend: Annotated[
         str, typer.Option("--backend", help="auto (OpenVINO once exported, else PyTorch), torch or openvino.")
     ] = "auto",
@@ -224,6 +270,12 @@ def generate(
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Allow pickled checkpoints (can run code).")
     ] = False,
+    prediction: Annotated[
+        str | None, typer.Option("--prediction", help="What the model predicts, if its file says wrong: v or eps.")
+    ] = None,
+    zero_snr: Annotated[
+        bool, typer.Option("--zero-snr", help="Zero-terminal-SNR schedule with trailing steps (for models so trained).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print paths, seeds and timings as JSON.")] = False,
 ) -> None:
@@ -232,10 +284,13 @@ def generate(
     from ssdxl.adapters.library import split_weight
     from ssdxl.cli import control_options
     from ssdxl.control.outpaint import parse_sides
-    from ssdxl.output.files import output_paths, request_from_png, save_image
+    from ssdxl.output.files import output_paths, request_from_png
     from ssdxl.sampling.engine import Engine
+    from ssdxl.sampling.limits import check_request, parse_size
     from ssdxl.sampling.request import GenerationRequest
 
+    check_output(output)
+    stored: dict[str, Any] = {}  # what a --from-png PNG recorded
     if from_png is not None:
         request, stored = request_from_png(from_png)
         check_adapter_hashes(request, stored)
@@ -243,8 +298,14 @@ def generate(
         refiner = refiner or stored.get("refiner_model")
         if dtype == "auto" and stored.get("dtype"):
             dtype = stored["dtype"]
+        prediction = prediction or stored.get("prediction")
+        zero_snr = zero_snr or bool(stored.get("zero_snr"))
+        if stored.get("vae_hash") and vae is None:
+            raise UserError(f"the image was decoded with the VAE {stored.get('vae')}: pass it again with --vae")
         if prompt is not None:
             request.prompt = prompt
+        if style:
+            raise UserError("--style cannot be used with --from-png: the PNG's prompts already hold their styles")
     elif prompt is None:
         raise UserError("give a PROMPT (or --from-png FILE)")
     else:
@@ -267,16 +328,19 @@ def generate(
             strength=strength,
             refiner=refiner is not None,
             high_noise_fraction=high_noise_fraction,
-            original_size=parse_size(original_size, "--original-size"),
-            target_size=parse_size(target_size, "--target-size"),
+            original_size=parse_size(original_size, "--original-size") if original_size else None,
+            target_size=parse_size(target_size, "--target-size") if target_size else None,
             crop_top_left=crop_tl,
             aesthetic_score=aesthetic_score,
             negative_aesthetic_score=negative_aesthetic_score,
             guidance_cutoff=guidance_cutoff,
             cache_interval=cache_interval,
+            clip_skip=clip_skip,
+            guidance_rescale=guidance_rescale,
             loras=[split_weight(text) for text in lora or []],
             embeddings=list(embedding or []),
             prompt_syntax=prompt_syntax,
+            styles=list(style or []),
         )
     request.init_image = open_image(init_image, "--init-image")
     request.mask_image = open_image(mask, "--mask")
@@ -296,6 +360,9 @@ def generate(
     request.hires = control_options.hires(hires, steps=hires_steps, strength=hires_strength, upscaler=upscaler)
     if from_png is not None and request.strength is not None and request.init_image is None:
         raise UserError(f"{from_png} was made from an init image: pass it again with --init-image")
+    if from_png is not None:
+        check_recorded_mask(from_png, stored, request)
+    check_request(request)  # what Engine.resolve checks first, before the model loads
 
     engine = Engine.load(
         model,
@@ -311,14 +378,27 @@ def generate(
         controlnet_dirs=tuple(controlnet_dir or ()),
         upscaler_dirs=tuple(upscaler_dir or ()),
         ip_adapter_dirs=tuple(ip_adapter_dir or ()),
+        styles_files=tuple(styles_file or ()),
+        vae=vae,
+        prediction=prediction,
+        zero_snr=zero_snr,
     )
     if tiled_vae:
         engine.enable_tiled_vae()
+    if from_png is not None and stored.get("vae_hash") and engine.base.vae_hash != stored["vae_hash"]:
+        raise UserError(f"{vae} is not the VAE the image was made with (hash {engine.base.vae_hash}, "
+                        f"recorded {stored['vae_hash']})")  # fmt: skip
+    if stored.get("infotext_from") == "other" and engine.base.components.family.is_sdxl and request.clip_skip > 1:
+        # A1111 records its clip-skip setting on SDXL images too, where it does not apply it
+        typer.echo(f"note: ignoring the PNG's 'Clip skip: {request.clip_skip}' (AUTOMATIC1111 does not apply it to "
+                   "SDXL models)", err=True)  # fmt: skip
+        request.clip_skip = 1
     resolved = engine.resolve(request)
-    paths = output_paths(output, resolved.samples)
-    check_output(paths[0])
+    paths = [check_output(path) for path in output_paths(output, resolved.samples)]
+    for note in engine.warnings(resolved):
+        typer.echo(f"warning: {note}", err=True)
     result = _run_with_progress(engine, resolved, quiet or as_json)
-    saved = [save_image(g, p) for g, p in zip(result.images, paths, strict=True)]
+    saved = save_images(result, paths)
     if as_json:
         typer.echo(
             json.dumps(
@@ -328,6 +408,7 @@ def generate(
                     "timings": {k: round(v, 4) for k, v in result.timings.items()},
                     "device": engine.device.type,
                     "dtype": str(engine.dtype).removeprefix("torch."),
+                    "warnings": result.warnings,
                 },
                 indent=2,
             )
@@ -342,6 +423,21 @@ def generate(
                     "names are not in this model (made for a larger one, e.g. SDXL on SSD-1B/Vega)",
                     err=True,
                 )
+
+
+def check_recorded_mask(png: Path, stored: dict[str, Any], request) -> None:
+    """--from-png re-creates an inpainted image only with its mask, which the PNG records by hash, not as pixels:
+    without --mask it would silently be img2img."""
+    from ssdxl.sampling.request import image_hash
+
+    if stored.get("kind") != "inpaint" or request.outpaint is not None:  # outpainting makes its own mask
+        return
+    if request.mask_image is None:
+        raise UserError(f"{png} was inpainted: pass its init image and its mask again with --init-image and --mask")
+    recorded = stored.get("mask_hash")
+    given = image_hash(request.mask_image)
+    if recorded and given != recorded:
+        raise UserError(f"--mask is not the mask {png} was made with (hash {given}, recorded {recorded})")
 
 
 def check_adapter_hashes(request, stored: dict[str, Any]) -> None:
@@ -384,14 +480,15 @@ def _run_with_progress(engine, request, quiet: bool):
 def models() -> None:
     """List architecture presets (with UNet parameter counts) and built-in models."""
     from ssdxl.models import builtin
+    from ssdxl.models.peek import peek_family
     from ssdxl.models.presets import get_preset, preset_names, unet_stats
 
-    typer.echo(f"{'preset':<14}{'UNet params':>16}{'transformer blocks':>20}  description")
+    typer.echo(f"{'preset':<14}{'family':<14}{'UNet params':>16}{'transformer blocks':>20}  description")
     for name in preset_names():
         preset = get_preset(name)
         params, blocks = unet_stats(preset.unet)
-        typer.echo(f"{name:<14}{params:>16,}{blocks:>20}  {preset.description}")
-    names = builtin.names()
+        typer.echo(f"{name:<14}{preset.family.name:<14}{params:>16,}{blocks:>20}  {preset.description}")
+    names = [f"{n} ({getattr(peek_family(n), 'name', '?')})" for n in builtin.names()]
     typer.echo("\nbuilt-in models: " + (", ".join(names) if names else "(none in this install)"))
 
 
@@ -405,10 +502,27 @@ def schedulers() -> None:
         typer.echo(name)
 
 
+@app.command()
+@user_errors
+def styles(
+    styles_file: Annotated[
+        list[Path] | None, typer.Option("--styles-file", help="A1111 styles.csv (or JSON) adding styles; repeatable.")
+    ] = None,
+) -> None:
+    """List prompt styles (built-in, then --styles-file ones): name, prompt template, negative prompt."""
+    from ssdxl.conditioning.styles import load_styles
+
+    listed = load_styles(styles_file or ()).values()
+    width = max(len("name"), *(len(s.name) for s in listed)) + 2
+    typer.echo(f"{'name':<{width}}prompt  |  negative prompt")
+    for s in listed:
+        typer.echo(f"{s.name:<{width}}{s.prompt}  |  {s.negative_prompt or '-'}")
+
+
 @app.command("init-random")
 @user_errors
 def init_random(
-    preset: Annotated[str, typer.Argument(help="sdxl-base, sdxl-refiner, ssd-1b or vega.")],
+    preset: Annotated[str, typer.Argument(help="sdxl-base, ssd-1b, vega, sd15, sd21, ... (ssdxl models).")],
     folder: Annotated[Path, typer.Argument(help="Where to write the diffusers folder.")],
     scale: Annotated[str, typer.Option("--scale", help="full, or tiny (same structure, toy widths).")] = "full",
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -432,11 +546,11 @@ def init_random(
 @user_errors
 def convert(
     source: Annotated[str, typer.Argument(help="Folder, single file, built-in name or repo id.")],
-    destination: Annotated[Path, typer.Argument(help="A .safetensors file (SGM layout) or a folder.")],
+    destination: Annotated[Path, typer.Argument(help="A .safetensors file (LDM / SGM layout) or a folder.")],
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype of the result.")] = "float32",
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
 ) -> None:
-    """Convert between a diffusers folder and one SGM-layout file (what ComfyUI and A1111 load)."""
+    """Convert between a diffusers folder and one single file in the original layout (what ComfyUI and A1111 load)."""
     from ssdxl.models.convert import convert_model
 
     convert_model(source, destination, dtype=dtype, allow_pickle=allow_pickle)
@@ -444,7 +558,8 @@ def convert(
 
 
 # Subcommands that live in their own modules, as "name": "module:attribute". The attribute is a
-# command function or a typer.Typer group. Imported when the CLI starts, so they stay cheap to import.
+# command function (its ``command_class`` attribute, if any, is the click command class) or a typer.Typer
+# group. Imported when the CLI starts, so they stay cheap to import.
 SUBCOMMANDS = {
     "train": "ssdxl.cli.train:train",
     "serve": "ssdxl.cli.serve:serve",
@@ -459,6 +574,7 @@ SUBCOMMANDS = {
     "export": "ssdxl.cli.bench:export_app",
     "upscale": "ssdxl.cli.upscale:upscale",
     "preprocess": "ssdxl.cli.preprocess:preprocess",
+    "compare": "ssdxl.cli.compare:compare",
 }
 
 
@@ -473,7 +589,7 @@ def register_subcommands() -> None:
                 info.callback = user_errors(info.callback)
             app.add_typer(command, name=name)
         else:
-            app.command(name)(user_errors(command))
+            app.command(name, cls=getattr(command, "command_class", None))(user_errors(command))
 
 
 register_subcommands()

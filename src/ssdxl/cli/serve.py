@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from ssdxl.errors import UserError
+from ssdxl.sampling.limits import MAX_SAMPLES, MAX_SIDE, MAX_STEPS
 
 DataOption = Annotated[
     Path | None, typer.Option("--data", help="Job store and images folder (default ~/.local/share/ssdxl/server).")
@@ -44,6 +45,15 @@ IpAdapterDirOption = Annotated[
     list[Path] | None,
     typer.Option("--ip-adapter-dir", help="Folder of IP-Adapter files (image encoder beside them); repeatable."),
 ]
+StylesFileOption = Annotated[
+    list[Path] | None,
+    typer.Option("--styles-file", help="A1111 styles.csv (or JSON) adding prompt styles clients may name; repeatable."),
+]
+ModelVaeOption = Annotated[
+    list[str] | None,
+    typer.Option("--model-vae", help="NAME=PATH: the VAE (folder or file) model NAME decodes with; repeatable."),
+]
+MaxBatchOption = Annotated[int, typer.Option("--max-batch", help="Images per UNet batch.")]
 ModelLoraOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -63,6 +73,8 @@ def _config(
     controlnet_dir: list[Path] | None = None,
     upscaler_dir: list[Path] | None = None,
     ip_adapter_dir: list[Path] | None = None,
+    styles_file: list[Path] | None = None,
+    model_vae: list[str] | None = None,
     **settings,
 ):
     from ssdxl.server.config import ServerConfig, default_data_dir, parse_model_loras, parse_specs
@@ -77,6 +89,8 @@ def _config(
         controlnet_dirs=list(controlnet_dir or []),
         upscaler_dirs=list(upscaler_dir or []),
         ip_adapter_dirs=list(ip_adapter_dir or []),
+        styles_files=list(styles_file or []),
+        model_vaes=parse_specs(model_vae or [], "--model-vae"),
         **settings,
     )
 
@@ -90,6 +104,8 @@ def serve(
     controlnet_dir: ControlnetDirOption = None,
     upscaler_dir: UpscalerDirOption = None,
     ip_adapter_dir: IpAdapterDirOption = None,
+    styles_file: StylesFileOption = None,
+    model_vae: ModelVaeOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the server.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
     data: DataOption = None,
@@ -99,7 +115,16 @@ def serve(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for the engine.")] = None,
-    max_batch: Annotated[int, typer.Option("--max-batch", help="Images per UNet batch.")] = 8,
+    max_batch: MaxBatchOption = MAX_SAMPLES,
+    max_side: Annotated[
+        int, typer.Option("--max-side", help="Largest image side a request may ask for (only lowers the limit).")
+    ] = MAX_SIDE,
+    max_steps: Annotated[
+        int, typer.Option("--max-steps", help="Most steps a request may ask for (only lowers the limit).")
+    ] = MAX_STEPS,
+    max_samples: Annotated[
+        int, typer.Option("--max-samples", help="Most images one request may ask for (only lowers the limit).")
+    ] = MAX_SAMPLES,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body accepted.")] = 20.0,
     public_url: Annotated[
         str | None, typer.Option("--public-url", help="Base of links handed out (behind a proxy).")
@@ -115,9 +140,10 @@ def serve(
 ) -> None:
     """Serve the Segmind, AUTOMATIC1111 (with sd-webui-controlnet's) and OpenAI APIs, the jobs API and a web page;
     LoRAs, embeddings, ControlNets, upscalers and IP-Adapters from --lora-dir / --embedding-dir / --controlnet-dir /
-    --upscaler-dir / --ip-adapter-dir by name."""
+    --upscaler-dir / --ip-adapter-dir by name; prompt styles, built-in and from --styles-file."""
     import uvicorn
 
+    from ssdxl.sampling.limits import RequestLimits
     from ssdxl.server.app import create_app
 
     config = _config(
@@ -130,11 +156,14 @@ def serve(
         controlnet_dir,
         upscaler_dir,
         ip_adapter_dir,
+        styles_file,
+        model_vae,
         redis_url=redis,
         device=device,
         dtype=dtype,
         threads=threads,
         max_batch=max_batch,
+        limits=RequestLimits(max_side, max_steps, max_samples),
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         public_url=public_url,
         reset_store=reset_store,
@@ -154,16 +183,17 @@ def worker(
     controlnet_dir: ControlnetDirOption = None,
     upscaler_dir: UpscalerDirOption = None,
     ip_adapter_dir: IpAdapterDirOption = None,
+    model_vae: ModelVaeOption = None,
     data: DataOption = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads")] = None,
-    max_batch: Annotated[int, typer.Option("--max-batch")] = 8,
+    max_batch: MaxBatchOption = MAX_SAMPLES,
     burst: Annotated[bool, typer.Option("--burst", help="Exit when the queue is empty.")] = False,
 ) -> None:
     """Run jobs for a server started with --redis; --data must be the server's (shared) folder, and --model,
-    --refiner, --model-lora, --lora-dir, --embedding-dir, --controlnet-dir, --upscaler-dir and --ip-adapter-dir should
-    name what the server's do."""
+    --refiner, --model-lora, --model-vae, --lora-dir, --embedding-dir, --controlnet-dir, --upscaler-dir and
+    --ip-adapter-dir should name what the server's do."""
     from ssdxl.server.dispatch import run_worker
     from ssdxl.server.registry import ModelRegistry
     from ssdxl.server.runner import Runner
@@ -179,6 +209,7 @@ def worker(
         controlnet_dir,
         upscaler_dir,
         ip_adapter_dir,
+        model_vae=model_vae,
         device=device,
         dtype=dtype,
         threads=threads,

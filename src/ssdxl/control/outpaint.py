@@ -17,11 +17,11 @@ import numpy as np
 from PIL import Image
 
 from ssdxl.errors import UserError
+from ssdxl.sampling.limits import MAX_SIDE
 
 SIDES = ("left", "top", "right", "bottom")
 MAX_GROW = 2048  # pixels a side may grow by in one request
 OVERLAP = 8  # pixels of the picture the denoiser may repaint at the seam (one latent pixel)
-MAX_CANVAS = 4096  # sides of the grown canvas (the engine's largest image side)
 
 
 @dataclass
@@ -45,8 +45,8 @@ def check_sides(
     if min(sides) < 0 or max(sides) > MAX_GROW or not any(sides):
         raise UserError(f"outpaint sides must be between 0 and {MAX_GROW} pixels, at least one above 0; got {sides}")
     width, height = canvas_size(init.size, sides)
-    if max(width, height) > MAX_CANVAS:
-        raise UserError(f"outpainting would make a {width}x{height} canvas; its sides must be at most {MAX_CANVAS}")
+    if max(width, height) > MAX_SIDE:  # the grown canvas is the image made
+        raise UserError(f"outpainting would make a {width}x{height} canvas; its sides must be at most {MAX_SIDE}")
     return sides
 
 

@@ -207,11 +207,11 @@ def _depth_estimator(folder: str, allow_pickle: bool) -> tuple[Any, Any]:
     import torch
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-    from ssdxl.models.loading import _from_pretrained
+    from ssdxl.models.loading import from_pretrained
 
     try:
         processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-        model = _from_pretrained(AutoModelForDepthEstimation, Path(folder), torch.float32, allow_pickle)
+        model = from_pretrained(AutoModelForDepthEstimation, Path(folder), torch.float32, allow_pickle)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"depth: {folder} is not a usable depth-estimation folder ({first_line(exc)})") from None
     return processor, model.to("cuda" if torch.cuda.is_available() else "cpu").eval()

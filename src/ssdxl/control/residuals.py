@@ -81,13 +81,14 @@ def _controlnet_residuals(
     only_cond = unit.guess_mode and halves == 2
     if only_cond:
         rows = slice(x.shape[0] // 2, None)
-        x, cond = x[rows], Conditioning(cond.embeds[rows], cond.pooled[rows], cond.time_ids[rows])
+        x, cond = x[rows], cond.rows(rows)
         hint = unit.hint
     else:
         hint = unit.hint.repeat(halves, 1, 1, 1)
+    sdxl = cond.pooled is not None
     kwargs = {
         "encoder_hidden_states": cond.embeds,
-        "added_cond_kwargs": {"text_embeds": cond.pooled, "time_ids": cond.time_ids},
+        "added_cond_kwargs": {"text_embeds": cond.pooled, "time_ids": cond.time_ids} if sdxl else None,
         "conditioning_scale": unit.scale,
         "guess_mode": unit.guess_mode,
         "return_dict": False,

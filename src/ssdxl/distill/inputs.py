@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL
 
 from ssdxl.errors import UserError
 from ssdxl.models.components import Components
+from ssdxl.models.vae import to_unet
 from ssdxl.training.data import Batch
 from ssdxl.training.denoiser import DeviceTextConditioner, NoiseSchedule, TextConditioner, caption_keep_mask
 
@@ -62,7 +63,7 @@ def unet_inputs(frozen: Frozen, batch: Batch, caption_dropout: float) -> UNetInp
     device = frozen.device
     n = len(batch.captions)
     vae = frozen.vae
-    latents = vae.encode(batch.pixels.to(device, vae.dtype)).latent_dist.mode().float() * vae.config.scaling_factor
+    latents = to_unet(vae, vae.encode(batch.pixels.to(device, vae.dtype)).latent_dist.mode().float())
     eps = torch.randn(latents.shape).to(device)
     t = torch.randint(0, frozen.noise.steps, (n,)).to(device)
     keep = caption_keep_mask(n, caption_dropout).to(device)

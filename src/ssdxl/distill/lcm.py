@@ -191,7 +191,9 @@ class ConsistencyObjective:
         return {"total": loss}
 
 
-def _with_unconditional(added: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """SDXL's extra conditioning for [conditional; unconditional]: zero pooled text, same size ids."""
+def _with_unconditional(added: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """SDXL's extra conditioning for [conditional; unconditional]: zero pooled text, same size ids (SD: none)."""
+    if added is None:
+        return None
     return {"text_embeds": torch.cat([added["text_embeds"], torch.zeros_like(added["text_embeds"])]),
             "time_ids": torch.cat([added["time_ids"], added["time_ids"]])}  # fmt: skip

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
 from ssdxl.distill.inputs import UNetInputs
+from ssdxl.models.families import time_ids_of, unet_inputs
 
 
 @torch.no_grad()
@@ -27,18 +28,12 @@ def timing_inputs(
 ) -> dict[str, Any]:
     """One guided sampling step's UNet input (batch 2: unconditional + conditional) with random values."""
     g = torch.Generator().manual_seed(0)
-    n_time_ids = 6
-    pooled = config["projection_class_embeddings_input_dim"] - n_time_ids * config["addition_time_embed_dim"]
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(shape, generator=g).to(device, dtype)
 
-    return {
-        "sample": rand(2, config["in_channels"], height // vae_scale, width // vae_scale),
-        "timestep": torch.tensor(500, device=device),
-        "encoder_hidden_states": rand(2, 77, config["cross_attention_dim"]),
-        "added_cond_kwargs": {"text_embeds": rand(2, pooled), "time_ids": rand(2, n_time_ids)},
-    }
+    inputs = unet_inputs(config, time_ids_of(config), 2, height // vae_scale, width // vae_scale, rand)
+    return {**inputs, "timestep": torch.tensor(500, device=device)}
 
 
 @torch.no_grad()

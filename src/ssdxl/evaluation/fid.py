@@ -7,6 +7,8 @@ covariances are therefore estimated with Ledoit-Wolf shrinkage towards a scaled 
 lowers the variance of the distance. The matrix square root uses symmetric
 eigendecompositions, which stay real and stable for positive semi-definite inputs.
 FIDs are only comparable between runs with the same suite (same sample count).
+``gaussian_frechet_distance`` is the distance alone; the Inception FID of ``ssdxl.evaluation.metrics``
+gives it plain sample covariances, as torch-fidelity and torchmetrics do.
 """
 
 from __future__ import annotations
@@ -35,14 +37,31 @@ def _psd_sqrt(m: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
+def covariance_factor(x: np.ndarray) -> np.ndarray:
+    """F with F F^T the unbiased sample covariance of rows of ``x`` (n, d): the centred rows themselves
+    when there are no more of them than dimensions, so few samples in many dimensions stay cheap."""
+    n, d = x.shape
+    xc = (x - x.mean(axis=0)) / np.sqrt(n - 1)
+    return xc.T if n <= d else _psd_sqrt(xc.T @ xc)
+
+
+def gaussian_frechet_distance(
+    mean_a: np.ndarray, factor_a: np.ndarray, mean_b: np.ndarray, factor_b: np.ndarray
+) -> float:
+    """||mu_a - mu_b||^2 + tr(Ca + Cb - 2 sqrt(Ca Cb)) for covariances given as factors, C = F F^T.
+
+    The nonzero eigenvalues of Ca Cb are the squared singular values of Fa^T Fb, so tr sqrt(Ca Cb)
+    is its nuclear norm: exact, and no d x d square root when the factors are thin.
+    """
+    cross = np.linalg.svd(factor_a.T @ factor_b, compute_uv=False).sum()
+    diff = mean_a - mean_b
+    return float(max(diff @ diff + np.sum(factor_a**2) + np.sum(factor_b**2) - 2 * cross, 0.0))
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """FID between feature sets ``a`` (n, d) and ``b`` (m, d): Gaussian fits with shrunk covariances."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if len(a) < 2 or len(b) < 2:
         raise ValueError("FID needs at least two feature vectors per set")
-    ca, cb = shrunk_covariance(a), shrunk_covariance(b)
-    root_a = _psd_sqrt(ca)
-    # tr sqrt(Ca Cb) = tr sqrt(sqrt(Ca) Cb sqrt(Ca)), and the latter is symmetric PSD.
-    cross = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cb @ root_a), 0, None)))
-    diff = a.mean(axis=0) - b.mean(axis=0)
-    return float(max(diff @ diff + np.trace(ca) + np.trace(cb) - 2 * cross, 0.0))
+    root_a, root_b = _psd_sqrt(shrunk_covariance(a)), _psd_sqrt(shrunk_covariance(b))
+    return gaussian_frechet_distance(a.mean(axis=0), root_a, b.mean(axis=0), root_b)

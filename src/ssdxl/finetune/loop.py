@@ -110,8 +110,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, make_objective: MakeObje
         for module in (parts.unet, *trainee.own_modules()):
             module.enable_gradient_checkpointing()
         if trainee.trains_text:
-            for tower in (parts.text_encoder, parts.text_encoder_2):
-                tower.gradient_checkpointing_enable()
+            for tower in parts.family.towers:
+                getattr(parts, tower).gradient_checkpointing_enable()
     text = DeviceTextConditioner(parts, device)
     objective = make_objective(cfg, parts, trainee, text, device)
 

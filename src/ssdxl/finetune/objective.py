@@ -18,6 +18,7 @@ from diffusers.training_utils import compute_snr
 
 from ssdxl.finetune.data import ControlBatch
 from ssdxl.models.components import Components
+from ssdxl.models.vae import to_unet
 from ssdxl.training.data import Batch, BucketBatches
 from ssdxl.training.denoiser import TextConditioner, caption_keep_mask
 
@@ -30,7 +31,7 @@ def encode_latents(parts: Components, pixels: torch.Tensor, device: torch.device
     with torch.no_grad(), torch.autocast(device.type, enabled=False):  # the VAE runs in its own dtype
         posterior = vae.encode(pixels.to(device, vae.dtype)).latent_dist
         eps = torch.randn(posterior.mean.shape).to(device, posterior.mean.dtype)
-        return (posterior.mean + posterior.std * eps).float() * vae.config.scaling_factor
+        return to_unet(vae, (posterior.mean + posterior.std * eps).float())
 
 
 class DenoisingObjective:

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from ssdxl.adapters.export import save_embedding, save_lora
+from ssdxl.adapters.embeddings import embedding_keys
+from ssdxl.adapters.export import architecture_metadata, save_embedding, save_lora
+from ssdxl.conditioning.prompt import TOKENIZERS
 from ssdxl.errors import UserError, first_line
 from ssdxl.finetune.config import FinetuneConfig
 from ssdxl.models.components import Components
@@ -28,8 +30,6 @@ UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # diffusers' SDXL LoRA
 LCM_LORA_TARGETS = [*UNET_LORA_TARGETS, "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
                     "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]  # fmt: skip
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-TOWERS = ("text_encoder", "text_encoder_2")
-EMBEDDING_KEYS = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
 # The ControlNet's map encoder: one stride-2 stage per VAE halving after the first (SDXL's VAE: 8x, four stages).
 CONDITIONING_CHANNELS = (16, 32, 96, 256)
 CONTROLNET_INFO = "ssdxl.json"  # beside the diffusers files: the base model and the map kind, for ssdxl
@@ -63,7 +63,7 @@ class Trainee:
 
     def train_modules(self) -> list[torch.nn.Module]:
         """Modules put in training mode (dropout, gradient checkpointing): the UNet, and the towers if they train."""
-        towers = [getattr(self.parts, t) for t in TOWERS] if self.trains_text else []
+        towers = [getattr(self.parts, t) for t in self.parts.family.towers] if self.trains_text else []
         return [self.parts.unet, *towers]
 
     def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -128,7 +128,7 @@ def add_lora(
 
     parts.unet.add_adapter(config(unet_targets), adapter_name=adapter)
     if text:
-        for tower in TOWERS:
+        for tower in parts.family.towers:
             getattr(parts, tower).add_adapter(config(TEXT_LORA_TARGETS), adapter_name=adapter)
 
 
@@ -149,7 +149,7 @@ class FullTrainee(Trainee):
 
 
 class EmbeddingTrainee(Trainee):
-    """New token vectors in both CLIP towers (textual inversion); every other row of the tables is kept.
+    """New token vectors in every CLIP tower of the model (textual inversion); every other row of the tables is kept.
 
     The towers' input-embedding tables train as a whole (diffusers' recipe), and after each step every
     row but the new ones is put back, so only the new word changes.
@@ -161,7 +161,9 @@ class EmbeddingTrainee(Trainee):
         self.tokens = [token] + [f"{token}_{i}" for i in range(1, cfg.vectors)]
         self.ids: dict[str, list[int]] = {}
         self.original: dict[str, torch.Tensor] = {}
-        for tower, tokenizer in zip(TOWERS, (parts.tokenizer, parts.tokenizer_2), strict=True):
+        self.keys = embedding_keys(parts.family)  # the file's key per tower: clip_l / clip_g, or emb_params
+        for tower in parts.family.towers:
+            tokenizer = getattr(parts, TOKENIZERS[tower])
             if any(t in tokenizer.get_vocab() for t in self.tokens):
                 raise UserError(f"--token {token!r} is already a word of this model's vocabulary; choose another")
             encoder = getattr(parts, tower)
@@ -183,7 +185,7 @@ class EmbeddingTrainee(Trainee):
         return True
 
     def train_modules(self) -> list[torch.nn.Module]:
-        return [getattr(self.parts, t) for t in TOWERS]
+        return [getattr(self.parts, t) for t in self.parts.family.towers]
 
     def prompt(self, caption: str) -> str:
         """A caption as the towers read it: ``--replace``'s word becomes the token, a caption without the
@@ -197,7 +199,7 @@ class EmbeddingTrainee(Trainee):
 
     def vectors(self) -> dict[str, torch.Tensor]:
         return {
-            EMBEDDING_KEYS[tower]: getattr(self.parts, tower).get_input_embeddings().weight[ids].detach().clone()
+            self.keys[tower]: getattr(self.parts, tower).get_input_embeddings().weight[ids].detach().clone()
             for tower, ids in self.ids.items()
         }
 
@@ -208,7 +210,7 @@ class EmbeddingTrainee(Trainee):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for tower, ids in self.ids.items():
             table = getattr(self.parts, tower).get_input_embeddings().weight
-            table[ids] = state[EMBEDDING_KEYS[tower]].to(table.device, table.dtype)
+            table[ids] = state[self.keys[tower]].to(table.device, table.dtype)
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -309,9 +311,10 @@ def make_trainee(parts: Components, cfg: FinetuneConfig) -> Trainee:
 
 
 def output_metadata(parts: Components, cfg: FinetuneConfig, step: int) -> dict[str, Any]:
-    """What the file says about itself: the kohya-ss keys A1111 lists, and ssdxl's own."""
+    """What the file says about itself: the kohya-ss keys A1111 lists, the model-spec architecture, and ssdxl's own."""
     meta = {
-        "ss_base_model_version": "sdxl_base_v1-0",
+        "ss_base_model_version": parts.family.kohya_version,
+        **architecture_metadata(parts.family),
         "ss_network_dim": str(cfg.rank),
         "ss_network_alpha": str(cfg.alpha or cfg.rank),
         "ss_steps": str(step),

@@ -1,7 +1,9 @@
-"""``ssdxl convert``: diffusers folder <-> one SGM-layout ``.safetensors`` file.
+"""``ssdxl convert``: diffusers folder <-> one single ``.safetensors`` file in the original layout (LDM for
+SD 1.x / 2.x, SGM for SDXL; see ``ssdxl.models.sgm``).
 
 The single file carries ssdxl's component configs in its safetensors metadata, so scaled or
-custom models load back exactly; files from elsewhere are recognised by their keys instead.
+custom models load back exactly; files from elsewhere are recognised by their keys instead. A v-prediction
+or zero-terminal-SNR model also gets ComfyUI's marker tensors, which other tools read.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from ssdxl.sampling.precision import DTYPES
 
 
 def save_single_file(components: Components, path: Path) -> Path:
-    from ssdxl.models.sgm import sgm_from_components
+    from ssdxl.models.sgm import schedule_markers, sgm_from_components
 
-    state = sgm_from_components({name: m.state_dict() for name, m in components.modules().items()})
-    state = {k: v.detach().contiguous() for k, v in state.items()}
+    modules = components.modules().items()
+    state = sgm_from_components({name: m.state_dict() for name, m in modules}, components.family)
+    state = {k: v.detach().contiguous() for k, v in state.items()} | schedule_markers(components.scheduler_config)
     metadata = {SGM_CONFIG_KEY: json.dumps(dataclasses.asdict(components.to_preset())), "format": "pt"}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=metadata)

@@ -1,9 +1,13 @@
-"""Which SDXL-family preset a single-file (SGM layout) checkpoint is, from its key names alone.
+"""Which preset a single-file checkpoint (LDM layout for SD 1.x / 2.x, SGM for SDXL) is, from its key names.
 
-Like ComfyUI's model detection, this counts transformer blocks per UNet level and looks at the mid
-block: SDXL base, SSD-1B and Vega share widths and differ only in depths and mid attention, and the
-refiner has four levels. Widths are never read, so tiny scaled copies of a preset are recognised too.
-The expected structure of each preset is computed from its diffusers config in ``presets.json``.
+The text towers' key prefixes name the family (``families.family_of_keys``); then, like ComfyUI's model
+detection, this counts transformer blocks per UNet level and looks at the mid block: SDXL base, SSD-1B
+and Vega share widths and differ only in depths and mid attention, the refiner has four levels, SD 1.x
+and 2.x four levels of depth 1. Widths are never read, so tiny scaled copies of a preset are recognised
+too. The expected structure of each preset is computed from its diffusers config in ``presets.json``.
+
+What the UNet predicts is not in the key names: ``detect_prediction`` follows ComfyUI (a ``v_pred``
+marker, else for SD 2.x a statistic of one weight), and users can override it.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
 
-from ssdxl.errors import UserError
+import torch
 
-UNET_PREFIX = "model.diffusion_model."
+from ssdxl.errors import UserError
+from ssdxl.models.families import SD2, SD2_V, family_of_keys
+from ssdxl.models.sgm import UNET_PREFIX, V_PRED_KEY
+
 # input/output blocks are numbered containers of numbered slots; the middle block is one container
 _BLOCK = re.compile(r"model\.diffusion_model\.(input_blocks|output_blocks)\.(\d+)\.(\d+)\.(.*)")
 _MIDDLE = re.compile(r"model\.diffusion_model\.(middle_block)\.(\d+)\.(.*)")
-_EMBEDDER = re.compile(r"conditioner\.embedders\.(\d+)\.(transformer|model)\.")
+_EMBEDDER = re.compile(r"(?:conditioner\.embedders\.(\d+)|cond_stage_model)\.(transformer|model)\.")
 _RESNET_LEAVES = ("in_layers.", "out_layers.", "emb_layers.", "skip_connection.")
 _DIFFUSERS_HINTS = (
     "down_blocks.",
@@ -33,7 +40,7 @@ STRUCTURE_FIELDS = ("down", "mid", "up")
 
 
 def describe_structure(keys: Iterable[str]) -> dict[str, Any]:
-    """The UNet block structure of an SGM state dict, plus its text encoders.
+    """The UNet block structure of a single-file state dict, plus its text encoders.
 
     ``down`` / ``up``: per level, the transformer depth after each resnet (0: no attention);
     ``mid``: the mid block's children in order, a depth for an attention and "resnet" for a resnet;
@@ -49,7 +56,7 @@ def describe_structure(keys: Iterable[str]) -> dict[str, Any]:
     embedders: dict[int, str] = {}
     for key in keys:
         if m := _EMBEDDER.match(key):
-            embedders[int(m.group(1))] = "clip-l" if m.group(2) == "transformer" else "openclip"
+            embedders[int(m.group(1) or 0)] = "clip-l" if m.group(2) == "transformer" else "openclip"
         if m := _BLOCK.fullmatch(key):
             group, index, slot, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
         elif m := _MIDDLE.fullmatch(key):
@@ -131,10 +138,12 @@ def config_structure(unet_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @cache
-def _preset_structures() -> dict[str, dict[str, Any]]:
+def _preset_structures() -> dict[str, tuple[str, dict[str, Any]]]:
+    """preset name -> (family name, UNet structure), in ``presets.json`` order."""
     from ssdxl.models.presets import get_preset, preset_names
 
-    return {name: config_structure(get_preset(name).unet) for name in preset_names()}
+    presets = [get_preset(name) for name in preset_names()]
+    return {p.name: (p.family.name, config_structure(p.unet)) for p in presets}
 
 
 def _summary(structure: Mapping[str, Any]) -> str:
@@ -154,32 +163,61 @@ def _require_sgm_unet(keys: list[str]) -> None:
         raise UserError("the checkpoint holds no tensors")
     if any(k.startswith(_DIFFUSERS_HINTS) for k in keys):
         raise UserError(
-            "this is a diffusers-format state dict, not a single-file (SGM/original layout) checkpoint; "
+            "this is a diffusers-format state dict, not a single-file (original LDM/SGM layout) checkpoint; "
             "load the diffusers folder instead"
         )
     raise UserError(f"not a Stable Diffusion single-file checkpoint: no {UNET_PREFIX}* tensors (e.g. {keys[0]!r})")
 
 
-def detect_preset(keys: Iterable[str]) -> str:
-    """The preset ("sdxl-base", "sdxl-refiner", "ssd-1b", "vega") whose UNet structure the keys have."""
+def detect_preset(keys: Iterable[str], prediction: str = "epsilon") -> str:
+    """The preset whose family (text tower keys) and UNet structure the keys have.
+
+    ``prediction`` ("epsilon" or "v_prediction", see ``detect_prediction``) tells SD 2.x's 512 base presets from
+    its 768-v ones. SD 2.0 and 2.1 have one structure; the later preset in ``presets.json`` wins (2.1, whose
+    attention upcast is only safer for 2.0).
+    """
     keys = list(keys)
     _require_sgm_unet(keys)
     structure = describe_structure(keys)
-    found = {field: structure[field] for field in STRUCTURE_FIELDS}
-    for name, expected in _preset_structures().items():
-        if found == expected:
-            return name
-    known = ", ".join(_preset_structures())
-    if "openclip" in structure["embedders"]:
+    family = family_of_keys(keys)
+    if family is None:
         raise UserError(
-            f"an SDXL-like checkpoint with an unsupported UNet layout ({_summary(structure)}); known: {known}"
+            "a single-file checkpoint without a known text encoder (cond_stage_model.* or conditioner.embedders.*): "
+            f"{_summary(structure)}"
         )
-    hint = " (it looks like Stable Diffusion 1.x/2.x)" if any(k.startswith("cond_stage_model.") for k in keys) else ""
-    raise UserError(f"not an SDXL-family checkpoint{hint}: {_summary(structure)}")
+    if family is SD2 and prediction == "v_prediction":
+        family = SD2_V
+    found = {field: structure[field] for field in STRUCTURE_FIELDS}
+    same_family = {name: s for name, (f, s) in _preset_structures().items() if f == family.name}
+    matches = [name for name, expected in same_family.items() if expected == found]
+    if matches:
+        return matches[-1]
+    raise UserError(
+        f"a {family.label} checkpoint with an unsupported UNet layout ({_summary(structure)}); "
+        f"known: {', '.join(same_family)}"
+    )
+
+
+# ComfyUI's SD 2.x rule (supported_models.SD20.model_type): trained v-models spread this bias wider.
+SD2_V_PROBE = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+SD2_V_MIN_STD = 0.09
+
+
+def detect_prediction(state: Mapping[str, torch.Tensor]) -> str:
+    """What a single file's UNet predicts, as ComfyUI decides: v where a ``v_pred`` marker is present; else, for
+    SD 2.x with 4 input channels (its inpainting models are epsilon), v where the last attention's ``norm1``
+    bias has a standard deviation above 0.09; else epsilon."""
+    if V_PRED_KEY in state:
+        return "v_prediction"
+    probe, conv_in = state.get(SD2_V_PROBE), state.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    is_sd2 = family_of_keys(state) is SD2 and conv_in is not None and conv_in.shape[1] == 4
+    if is_sd2 and probe is not None and torch.std(probe.float(), unbiased=False) > SD2_V_MIN_STD:
+        return "v_prediction"
+    return "epsilon"
 
 
 def check_unet_structure(keys: Iterable[str], unet_config: Mapping[str, Any]) -> None:
-    """Raise a UserError when an SGM checkpoint's UNet does not have the structure of ``unet_config``."""
+    """Raise a UserError when a single file's UNet does not have the structure of ``unet_config``."""
     keys = list(keys)
     _require_sgm_unet(keys)
     found = describe_structure(keys)

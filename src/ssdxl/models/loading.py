@@ -1,13 +1,14 @@
-"""Load an SDXL-family model from wherever users keep one, offline first.
+"""Load an SDXL-family or SD 1.x / 2.x model from wherever users keep one, offline first.
 
 Sources, in the order they are tried: a built-in model name, a diffusers folder, a single-file
-checkpoint in the original SGM layout (``.safetensors``; pickled ``.ckpt``/``.pt``/``.bin``/``.pth``
+checkpoint in the original LDM / SGM layout (``.safetensors``; pickled ``.ckpt``/``.pt``/``.bin``/``.pth``
 only with ``allow_pickle``), and a Hugging Face repo id (from the local cache; downloaded only
 when the network is allowed). Every failure a user can cause is a one-line ``UserError``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from ssdxl.errors import UserError, first_line
 from ssdxl.models import builtin
 from ssdxl.models.components import SSDXL_INFO, Components, build_components
+from ssdxl.models.families import family_of
 from ssdxl.models.presets import Preset, get_preset
 from ssdxl.models.tokenizers import clip_tokenizer
 
@@ -40,8 +42,23 @@ def load_components(
     *,
     dtype: torch.dtype = torch.float32,
     allow_pickle: bool = False,
+    prediction: str | None = None,
+    zero_snr: bool = False,
 ) -> Components:
-    """Load a model's components on the CPU in ``dtype``. ``None`` is the default built-in model."""
+    """Load a model's components on the CPU in ``dtype``. ``None`` is the default built-in model.
+
+    ``prediction`` (v_prediction / v or epsilon / eps) and ``zero_snr`` (zero terminal SNR, trailing timesteps)
+    override the scheduler config, for models that do not say how they were trained; a single file without
+    ssdxl metadata also takes its preset from ``prediction`` (SD 2.x v models: 768x768)."""
+    kind = prediction_type(prediction)
+    components = _load_source(source, dtype, allow_pickle, kind)
+    components.scheduler_config.update(schedule_overrides(kind, zero_snr))
+    return components
+
+
+def _load_source(
+    source: str | os.PathLike | None, dtype: torch.dtype, allow_pickle: bool, prediction: str | None
+) -> Components:
     if source is None:
         source = builtin.DEFAULT_MODEL
     text = str(source)
@@ -49,7 +66,7 @@ def load_components(
     if path.is_dir():
         return load_folder(path, dtype=dtype, allow_pickle=allow_pickle)
     if path.is_file():
-        return load_single_file(path, dtype=dtype, allow_pickle=allow_pickle)
+        return load_single_file(path, dtype=dtype, allow_pickle=allow_pickle, prediction=prediction)
     if HF_ID.match(text) and not text.startswith((".", "/")):
         return load_folder(download(text), dtype=dtype, allow_pickle=allow_pickle)
     known = ", ".join(builtin.names()) or "none installed"
@@ -95,24 +112,29 @@ def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool = False)
         return None
 
     found = {name: where(name) for name in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")}
-    for name in ("unet", "vae", "text_encoder_2", "scheduler"):
+    for name in ("unet", "vae", "scheduler"):
         if found[name] is None:
-            raise UserError(f"{folder} has no {name}/ component; is it an SDXL-family pipeline?")
+            raise UserError(f"{folder} has no {name}/ component; is it a Stable Diffusion pipeline?")
+    if found["text_encoder"] is None and found["text_encoder_2"] is None:
+        raise UserError(f"{folder} has no text_encoder/ component; is it a Stable Diffusion pipeline?")
     try:
-        unet = _from_pretrained(UNet2DConditionModel, found["unet"], dtype, allow_pickle)
-        vae = _from_pretrained(AutoencoderKL, found["vae"], dtype, allow_pickle)
-        te1 = found["text_encoder"] and _from_pretrained(CLIPTextModel, found["text_encoder"], dtype, allow_pickle)
-        te2 = _from_pretrained(CLIPTextModelWithProjection, found["text_encoder_2"], dtype, allow_pickle)
+        unet = from_pretrained(UNet2DConditionModel, found["unet"], dtype, allow_pickle)
+        vae = from_pretrained(AutoencoderKL, found["vae"], dtype, allow_pickle)
+        te1 = found["text_encoder"] and from_pretrained(CLIPTextModel, found["text_encoder"], dtype, allow_pickle)
+        te2 = found["text_encoder_2"] and from_pretrained(
+            CLIPTextModelWithProjection, found["text_encoder_2"], dtype, allow_pickle
+        )
         tok1 = _tokenizer(folder, "tokenizer") if te1 is not None else None
-        tok2 = _tokenizer(folder, "tokenizer_2")
+        tok2 = _tokenizer(folder, "tokenizer_2") if te2 is not None else None
     except UserError:
         raise
     except Exception as exc:
         raise UserError(f"could not load {folder}: {first_line(exc)}") from None
     scheduler_config = _read_json(_one_of(found["scheduler"], ["scheduler_config.json"]))
+    family = family_of(unet.config, te1.config.to_dict() if te1 is not None else None, scheduler_config)
     pipeline = info.get("pipeline") or {
-        "force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", True),
-        "requires_aesthetics_score": index.get("requires_aesthetics_score", te1 is None),
+        "force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", family.empty_negative_zeros),
+        "requires_aesthetics_score": index.get("requires_aesthetics_score", family.is_refiner),
     }
     components = Components(
         unet=unet,
@@ -150,7 +172,7 @@ def _tokenizer(folder: Path, slot: str) -> CLIPTokenizer:
     return clip_tokenizer(slot)
 
 
-def _from_pretrained(cls: Any, folder: Path, dtype: torch.dtype, allow_pickle: bool) -> Any:
+def from_pretrained(cls: Any, folder: Path, dtype: torch.dtype, allow_pickle: bool) -> Any:
     """Prefer safetensors; pickled weights only when allowed. Picks an fp16 variant if that is all there is."""
     files = [p.name for p in folder.iterdir()]
     safe = [f for f in files if f.endswith(".safetensors")]
@@ -168,17 +190,17 @@ def _from_pretrained(cls: Any, folder: Path, dtype: torch.dtype, allow_pickle: b
 
 
 def fallback_defaults(components: Components) -> dict[str, Any]:
-    """Generation defaults for a model that ships none: its native size and the SDXL usuals."""
+    """Generation defaults for a model that ships none: its native size and its family's usuals."""
+    family = components.family
     pixels = components.unet.config.sample_size * components.vae_scale
-    defaults: dict[str, Any] = {"width": pixels, "height": pixels, "steps": 30, "scheduler": "Euler"}
+    defaults: dict[str, Any] = {"width": pixels, "height": pixels, "steps": family.default_steps, "scheduler": "Euler"}
+    defaults["guidance_scale"] = family.default_guidance
     if components.is_refiner:
-        defaults.update(guidance_scale=5.0, strength=0.3)
-    else:
-        defaults.update(guidance_scale=7.0)
+        defaults["strength"] = 0.3
     return defaults
 
 
-# ---------------------------------------------------------------- single files (SGM layout)
+# ---------------------------------------------------------------- single files (LDM / SGM layout)
 
 
 def read_state_dict(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -208,15 +230,17 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str
     return tensors, metadata
 
 
-def load_single_file(path: Path, *, dtype: torch.dtype, allow_pickle: bool = False) -> Components:
-    from ssdxl.models.detect import detect_preset
+def load_single_file(
+    path: Path, *, dtype: torch.dtype, allow_pickle: bool = False, prediction: str | None = None
+) -> Components:
+    """A single-file checkpoint (LDM / SGM layout): its configs from ssdxl's metadata, else from its keys."""
     from ssdxl.models.sgm import components_from_sgm
 
     state, metadata = read_state_dict(path, allow_pickle=allow_pickle)
     if SGM_CONFIG_KEY in metadata:
         preset = preset_from_metadata(metadata[SGM_CONFIG_KEY], path.name)
     else:
-        preset = get_preset(detect_preset(state.keys()))
+        preset = preset_from_keys(state, prediction)
     try:
         components = build_components(preset, name=path.stem, empty=True)
     except Exception as exc:  # configs in bounds that still make no model (a width heads do not divide, ...)
@@ -240,6 +264,35 @@ def load_single_file(path: Path, *, dtype: torch.dtype, allow_pickle: bool = Fal
             )
         module.to(dtype)
     return components
+
+
+PREDICTIONS = {"v": "v_prediction", "v_prediction": "v_prediction", "eps": "epsilon", "epsilon": "epsilon"}
+ZERO_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}  # as diffusers' zero-SNR recipe
+
+
+def prediction_type(text: str | None) -> str | None:
+    """The diffusers ``prediction_type`` a user means by v / v_prediction / eps / epsilon (None: unchanged)."""
+    if text is None:
+        return None
+    if text.lower() not in PREDICTIONS:
+        raise UserError(f"unknown prediction {text!r}; use v or eps")
+    return PREDICTIONS[text.lower()]
+
+
+def schedule_overrides(prediction: str | None, zero_snr: bool) -> dict[str, Any]:
+    """Scheduler config entries for what the UNet predicts and for a zero-terminal-SNR schedule."""
+    return ({"prediction_type": prediction} if prediction else {}) | (ZERO_SNR if zero_snr else {})
+
+
+def preset_from_keys(state: dict[str, torch.Tensor], prediction: str | None = None) -> Preset:
+    """The preset of a single file without ssdxl metadata, from its keys. What its UNet predicts (``prediction``,
+    else ``detect_prediction``) and a ``ztsnr`` marker go into the scheduler config: key names cannot show them."""
+    from ssdxl.models.detect import detect_prediction, detect_preset
+    from ssdxl.models.sgm import ZTSNR_KEY
+
+    kind = prediction or detect_prediction(state)
+    preset = get_preset(detect_preset(state.keys(), kind))
+    return dataclasses.replace(preset, scheduler={**preset.scheduler, **schedule_overrides(kind, ZTSNR_KEY in state)})
 
 
 def preset_from_metadata(text: str, source: str = "the file") -> Preset:

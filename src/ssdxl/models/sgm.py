@@ -1,14 +1,24 @@
-"""Single-file checkpoints in the original Stability ("SGM") layout, to and from diffusers components.
+"""Single-file checkpoints in the original layouts (LDM for SD 1.x / 2.x, SGM for SDXL), to and from diffusers.
 
-Most community SDXL-family models ship as one ``.safetensors`` file in the layout of Stability's
-``generative-models`` repo, which ComfyUI and AUTOMATIC1111 load:
+Most community models ship as one ``.safetensors`` file in the layout of the repo their family was trained in,
+which ComfyUI and AUTOMATIC1111 load: CompVis/Stability's ``stablediffusion`` ("LDM") for SD 1.x / 2.x,
+Stability's ``generative-models`` ("SGM") for SDXL. The two name the UNet and VAE alike and differ in where
+the text towers live (each family's ``ldm_text_prefixes`` in ``ssdxl.models.families``):
 
 * ``model.diffusion_model.*``               UNet (``input_blocks`` / ``middle_block`` / ``output_blocks``)
 * ``first_stage_model.*``                   VAE (LDM names; mid attention as 1x1 convs)
-* ``conditioner.embedders.0.transformer.*`` CLIP ViT-L in Hugging Face naming (base models only)
-* ``conditioner.embedders.N.model.*``       OpenCLIP ViT-bigG naming (N = 1, or 0 for the refiner)
+* ``cond_stage_model.transformer.*``        SD 1.x CLIP ViT-L, Hugging Face names (some files lack ``text_model.``)
+* ``cond_stage_model.model.*``              SD 2.x OpenCLIP ViT-H, OpenCLIP names
+* ``conditioner.embedders.0.transformer.*`` SDXL CLIP ViT-L, Hugging Face names (base models only)
+* ``conditioner.embedders.N.model.*``       SDXL OpenCLIP ViT-bigG (N = 1, or 0 for the refiner)
 
-Every component is converted by one table of ``Rule`` s written in the diffusers -> SGM direction; the
+SD 2.x reads OpenCLIP ViT-H's penultimate layer, so diffusers keeps 23 of its 24 blocks and no projection.
+Files get the 24th block back as zeros (a pre-norm residual block with zero weights is the identity, and the
+penultimate output never reads it) and an identity ``text_projection``, so they have the released key set that
+AUTOMATIC1111, ComfyUI and diffusers expect; loading drops both again. What a UNet predicts is not in its
+weights: files carry ComfyUI's empty ``v_pred`` / ``ztsnr`` marker tensors for that (``schedule_markers``).
+
+Every component is converted by one table of ``Rule`` s written in the diffusers -> file direction; the
 other direction uses the same table inverted, so the two can never drift apart. The tables are generated
 from the block structure (levels, resnets per level, which blocks have attention), read from the state
 dict keys or the UNet config, never from hard-coded sizes, so any transformer depth, SSD-1B's asymmetric
@@ -26,15 +36,17 @@ from typing import Any
 import torch
 
 from ssdxl.errors import UserError
+from ssdxl.models.families import SDXL, SDXL_REFINER, Family, family_of_keys
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
-BIGG_PREFIX = "conditioner.embedders.1.model."
-REFINER_BIGG_PREFIX = "conditioner.embedders.0.model."
+# ComfyUI's marker tensors (empty) for what weights cannot show: the UNet predicts v; it was trained with zero
+# terminal SNR.
+V_PRED_KEY = "v_pred"
+ZTSNR_KEY = "ztsnr"
 
-# SGM keys with no diffusers counterpart, dropped on load: OpenCLIP's contrastive temperature (unused for
-# text conditioning) and CLIP's position_ids buffer (recreated below when transformers wants it).
+# Single-file keys with no diffusers counterpart, dropped on load: OpenCLIP's contrastive temperature (unused
+# for text conditioning) and CLIP's position_ids buffer (recreated below when transformers wants it).
 IGNORED_SGM_SUFFIXES = (".logit_scale", ".position_ids")
 
 # Leaf renames inside one module, diffusers name -> SGM name (identity when absent).
@@ -128,8 +140,10 @@ def _convert(sd: Mapping[str, torch.Tensor], rules: Iterable[Rule], to_sgm: bool
             rest = [leaf[1], *rest[leaf[0] :]]
         out[_join(dst, *rest)] = TRANSFORMS[transform][0 if to_sgm else 1](tensor) if transform else tensor
     if unmatched:
-        layout = "diffusers" if to_sgm else "single-file (SGM)"
-        raise UserError(f"{len(unmatched)} tensor(s) not part of an SDXL-family {layout} model, e.g. {unmatched[0]!r}")
+        layout = "diffusers" if to_sgm else "single-file"
+        raise UserError(
+            f"{len(unmatched)} tensor(s) not part of a Stable Diffusion {layout} model, e.g. {unmatched[0]!r}"
+        )
     return out
 
 
@@ -271,11 +285,38 @@ def vae_rules(levels: int, layers: int) -> list[Rule]:
 
 # --------------------------------------------------------------------------------------- text encoders
 
-# Both towers are handled in a canonical Hugging Face form, "text_model.*" (+ "text_projection.weight").
-CLIP_L_RULES = [Rule("text_model", "text_model")]  # SGM keeps Hugging Face names under "transformer."
+# Every tower is handled in a canonical Hugging Face form, "text_model.*" (+ "text_projection.weight").
+CLIP_L_RULES = [Rule("text_model", "text_model")]  # files keep Hugging Face names under "transformer."
 
 
-def bigg_rules(layers: int) -> list[Rule]:
+@dataclass(frozen=True)
+class Tower:
+    """One text encoder: its ``Components`` slot and the prefix of its tensors in a single file."""
+
+    slot: str
+    prefix: str
+
+    @property
+    def openclip(self) -> bool:
+        """OpenCLIP names (prefix ``...model.``), else Hugging Face ones (``...transformer.``)."""
+        return self.prefix.endswith(".model.")
+
+    @property
+    def projection(self) -> bool:
+        """A ``CLIPTextModelWithProjection``: SDXL's OpenCLIP tower, whose pooled projection the UNet reads."""
+        return self.slot == "text_encoder_2"
+
+    @property
+    def penultimate(self) -> bool:
+        """SD 2.x's tower: diffusers keeps OpenCLIP's blocks up to the penultimate one, and no projection."""
+        return self.openclip and not self.projection
+
+
+def towers(family: Family) -> list[Tower]:
+    return [Tower(slot, prefix) for slot, prefix in zip(family.towers, family.ldm_text_prefixes, strict=True)]
+
+
+def openclip_rules(layers: int) -> list[Rule]:
     rules = [
         Rule("text_model.embeddings.token_embedding", "token_embedding"),
         Rule("text_model.embeddings.position_embedding.weight", "positional_embedding"),
@@ -354,16 +395,53 @@ def _from_canonical_text(sd: dict[str, torch.Tensor], with_projection: bool) -> 
     return {k.removeprefix("text_model."): v for k, v in sd.items()}
 
 
+def _text_to_file(sd: Mapping[str, torch.Tensor], tower: Tower) -> dict[str, torch.Tensor]:
+    canonical = _to_canonical_text(sd)
+    if not tower.openclip:
+        return _convert(canonical, CLIP_L_RULES, to_sgm=True)
+    fused = _fuse_qkv({k: v for k, v in canonical.items() if not k.endswith("position_ids")})
+    layers = _count(fused, r"text_model\.encoder\.layers\.(\d+)\.")
+    if tower.penultimate:
+        fused |= _released_extras(fused, layers)
+        layers += 1
+    return _convert(fused, openclip_rules(layers), to_sgm=True)
+
+
+def _released_extras(sd: Mapping[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """What released SD 2.x files hold beyond diffusers' tower: a last block, here zeros (the identity of a
+    pre-norm residual block), and a projection, here the identity (SD 2.x conditioning reads neither)."""
+    last, extra = f"text_model.encoder.layers.{layers - 1}.", f"text_model.encoder.layers.{layers}."
+    out = {extra + k[len(last) :]: torch.zeros_like(v) for k, v in sd.items() if k.startswith(last)}
+    norm = sd["text_model.final_layer_norm.weight"]
+    out["text_projection.weight"] = torch.eye(norm.shape[0], dtype=norm.dtype, device=norm.device)
+    return out
+
+
+def _text_from_file(sd: Mapping[str, torch.Tensor], tower: Tower) -> dict[str, torch.Tensor]:
+    if not tower.openclip:
+        return _from_canonical_text(_convert(_to_canonical_text(sd), CLIP_L_RULES, to_sgm=False), tower.projection)
+    layers = _count(sd, r"transformer\.resblocks\.(\d+)\.")
+    if tower.penultimate:  # drop the released extras (see _released_extras)
+        layers -= 1
+        extra = f"transformer.resblocks.{layers}."
+        sd = {k: v for k, v in sd.items() if not k.startswith(extra) and k != "text_projection"}
+    return _from_canonical_text(_split_qkv(_convert(sd, openclip_rules(layers), to_sgm=False)), tower.projection)
+
+
 # ---------------------------------------------------------------------------------------------- public
 
 
-def sgm_from_components(state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One single-file (SGM layout) state dict from diffusers/transformers component state dicts.
+def sgm_from_components(
+    state_dicts: Mapping[str, Mapping[str, torch.Tensor]], family: Family | None = None
+) -> dict[str, torch.Tensor]:
+    """One single-file state dict (LDM or SGM layout, by ``family``) from diffusers/transformers component
+    state dicts: "unet", "vae" and the family's towers.
 
-    ``state_dicts`` holds "unet", "vae", "text_encoder_2" and, except for a refiner, "text_encoder".
-    Tensors are not copied where a rename suffices.
+    Without ``family`` the towers present tell SDXL base from the refiner; SD 1.x and 2.x fill the same one
+    slot with towers named alike, so their family must be given. Tensors are not copied where a rename suffices.
     """
-    missing = [name for name in ("unet", "vae", "text_encoder_2") if name not in state_dicts]
+    family = family or (SDXL if "text_encoder" in state_dicts else SDXL_REFINER)
+    missing = [name for name in ("unet", "vae", *family.towers) if name not in state_dicts]
     if missing:
         raise ValueError(f"sgm_from_components needs state dicts for: {', '.join(missing)}")
     unet, vae = state_dicts["unet"], state_dicts["vae"]
@@ -373,55 +451,52 @@ def sgm_from_components(state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -
         _count(vae, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
     )
     out |= _prefixed(VAE_PREFIX, _convert(vae, vae_rules(*layout), to_sgm=True))
-
-    bigg = _to_canonical_text(state_dicts["text_encoder_2"])
-    bigg = _fuse_qkv({k: v for k, v in bigg.items() if not k.endswith("position_ids")})
-    rules = bigg_rules(_count(bigg, r"text_model\.encoder\.layers\.(\d+)\."))
-    clip_l = state_dicts.get("text_encoder")
-    if clip_l is None:
-        out |= _prefixed(REFINER_BIGG_PREFIX, _convert(bigg, rules, to_sgm=True))
-    else:
-        out |= _prefixed(CLIP_L_PREFIX, _convert(_to_canonical_text(clip_l), CLIP_L_RULES, to_sgm=True))
-        out |= _prefixed(BIGG_PREFIX, _convert(bigg, rules, to_sgm=True))
+    for tower in towers(family):
+        out |= _prefixed(tower.prefix, _text_to_file(state_dicts[tower.slot], tower))
     return out
 
 
 def components_from_sgm(
     sd: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any]
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Component state dicts ("unet", "vae", "text_encoder_2", "text_encoder" unless a refiner) from a
-    single-file checkpoint, ready for ``load_state_dict(strict=True)`` on models built from the configs.
+    """Component state dicts ("unet", "vae" and the towers of the family the keys show) from a single-file
+    checkpoint, ready for ``load_state_dict(strict=True)`` on models built from the configs.
 
     The VAE and text encoder sizes come from the keys; ``unet_config`` gives the UNet block structure
-    and is checked against the checkpoint first. Keys outside the four components (EMA copies, noise
-    schedules) are ignored, as are ``logit_scale`` and ``position_ids`` (see ``IGNORED_SGM_SUFFIXES``).
+    and is checked against the checkpoint first. Keys outside the components (EMA copies, noise schedules,
+    markers) are ignored, as are ``logit_scale`` and ``position_ids`` (see ``IGNORED_SGM_SUFFIXES``).
     """
     from ssdxl.models.detect import check_unet_structure
 
     check_unet_structure(sd.keys(), unet_config)
-    parts = {
-        prefix: {
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {
             k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix) and not k.endswith(IGNORED_SGM_SUFFIXES)
         }
-        for prefix in (UNET_PREFIX, VAE_PREFIX, CLIP_L_PREFIX, BIGG_PREFIX, REFINER_BIGG_PREFIX)
-    }
-    vae = parts[VAE_PREFIX]
-    if not vae or not (parts[BIGG_PREFIX] or parts[REFINER_BIGG_PREFIX]):
+
+    family, vae = family_of_keys(sd), part(VAE_PREFIX)
+    if family is None or not vae:
         raise UserError(
-            "this single-file checkpoint has no VAE (first_stage_model.*) or no OpenCLIP text encoder "
-            "(conditioner.embedders.*.model.*); only complete SDXL-family checkpoints can be converted"
+            "this single-file checkpoint has no VAE (first_stage_model.*) or no text encoder (cond_stage_model.* "
+            "or conditioner.embedders.*); only complete checkpoints can be converted"
         )
-    out = {"unet": _convert(parts[UNET_PREFIX], unet_rules(UNetLayout.from_config(unet_config)), to_sgm=False)}
+    out = {"unet": _convert(part(UNET_PREFIX), unet_rules(UNetLayout.from_config(unet_config)), to_sgm=False)}
     layout = (_count(vae, r"encoder\.down\.(\d+)\."), _count(vae, r"encoder\.down\.0\.block\.(\d+)\."))
     out["vae"] = _convert(vae, vae_rules(*layout), to_sgm=False)
-
-    bigg = parts[BIGG_PREFIX] or parts[REFINER_BIGG_PREFIX]
-    rules = bigg_rules(_count(bigg, r"transformer\.resblocks\.(\d+)\."))
-    out["text_encoder_2"] = _from_canonical_text(_split_qkv(_convert(bigg, rules, to_sgm=False)), True)
-    if parts[CLIP_L_PREFIX]:
-        clip_l = _convert(parts[CLIP_L_PREFIX], CLIP_L_RULES, to_sgm=False)
-        out["text_encoder"] = _from_canonical_text(clip_l, False)
+    for tower in towers(family):
+        out[tower.slot] = _text_from_file(part(tower.prefix), tower)
     return out
+
+
+def schedule_markers(scheduler_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """ComfyUI's empty marker tensors for what a file's weights cannot show: v-prediction and zero terminal SNR."""
+    markers: dict[str, torch.Tensor] = {}
+    if scheduler_config.get("prediction_type") == "v_prediction":
+        markers[V_PRED_KEY] = torch.tensor([])
+    if scheduler_config.get("rescale_betas_zero_snr"):
+        markers[ZTSNR_KEY] = torch.tensor([])
+    return markers
 
 
 def _prefixed(prefix: str, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

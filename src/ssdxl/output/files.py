@@ -15,6 +15,7 @@ from PIL import Image, PngImagePlugin
 
 from ssdxl.errors import UserError
 from ssdxl.output.infotext import parse_infotext
+from ssdxl.sampling.limits import parse_size
 from ssdxl.sampling.request import GeneratedImage, GenerationRequest, Hires
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -69,7 +70,7 @@ def request_from_png(path: Path) -> tuple[GenerationRequest, dict[str, Any]]:
 
 def _request_from_infotext(info: dict[str, str]) -> tuple[GenerationRequest, dict[str, Any]]:
     try:
-        width, height = (int(v) for v in info["Size"].split("x")) if "Size" in info else (None, None)
+        width, height = parse_size(info["Size"], "infotext Size") if "Size" in info else (None, None)
         request = GenerationRequest(
             prompt=info["prompt"],
             negative_prompt=info["negative_prompt"],
@@ -80,13 +81,15 @@ def _request_from_infotext(info: dict[str, str]) -> tuple[GenerationRequest, dic
             scheduler=info.get("Sampler"),
             seed=int(info.get("Seed", -1)),
             strength=float(info["Denoising strength"]) if "Denoising strength" in info else None,
+            clip_skip=int(info.get("Clip skip", 1)),
+            guidance_rescale=float(info.get("CFG Rescale phi", 0)),
         )
         if "Hires upscale" in info or "Hires resize" in info:  # txt2img + hires: the strength is the second pass's
-            width, _, height = info.get("Hires resize", "0x0").partition("x")
+            width, height = parse_size(info.get("Hires resize", "0x0"), "infotext Hires resize")
             request.hires = Hires(
                 scale=float(info.get("Hires upscale", 2)),
-                width=int(width) or None,
-                height=int(height) or None,
+                width=width or None,
+                height=height or None,
                 upscaler=info.get("Hires upscaler", "Latent"),
                 steps=int(info["Hires steps"]) if info.get("Hires steps") else None,
                 strength=request.strength if request.strength is not None else 0.7,
@@ -94,4 +97,6 @@ def _request_from_infotext(info: dict[str, str]) -> tuple[GenerationRequest, dic
             request.strength = None
     except ValueError as exc:
         raise UserError(f"unreadable infotext: {exc}") from None
-    return request, {"model": info.get("Model")}
+    made_by = "ssdxl" if info.get("Version", "").startswith("ssdxl") else "other"
+    kind = "inpaint" if "Mask blur" in info else request.kind
+    return request, {"model": info.get("Model"), "kind": kind, "infotext_from": made_by}

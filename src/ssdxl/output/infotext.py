@@ -25,6 +25,8 @@ def build_infotext(params: dict[str, Any], *, model_name: str, model_hash: str, 
         "Size": f"{params['width']}x{params['height']}",
         "Model hash": model_hash or None,
         "Model": model_name,
+        "VAE hash": params.get("vae_hash"),
+        "VAE": params.get("vae"),
     }
     if params.get("strength") is not None:
         fields["Denoising strength"] = _number(params["strength"])
@@ -33,6 +35,10 @@ def build_infotext(params: dict[str, Any], *, model_name: str, model_hash: str, 
         fields["Refiner switch at"] = _number(params["high_noise_fraction"])
     if params.get("guidance_cutoff", 1.0) < 1.0:
         fields["CFG cutoff"] = _number(params["guidance_cutoff"])
+    if params.get("guidance_rescale"):
+        fields["CFG Rescale phi"] = _number(params["guidance_rescale"])  # as sd-webui-cfg-rescale records it
+    if params.get("clip_skip", 1) > 1:
+        fields["Clip skip"] = params["clip_skip"]
     hires = params.get("hires")
     if hires:
         fields["Denoising strength"] = _number(hires["strength"])  # a txt2img's only strength: the second pass's
@@ -50,6 +56,8 @@ def build_infotext(params: dict[str, Any], *, model_name: str, model_hash: str, 
         fields["Lora hashes"] = ", ".join(f"{name}: {digest}" for name, digest in params["lora_hashes"].items())
     if params.get("embedding_hashes"):
         fields["TI hashes"] = ", ".join(f"{name}: {digest}" for name, digest in params["embedding_hashes"].items())
+    if params.get("styles"):  # a record only: the prompts above already hold them, so --from-png never re-applies
+        fields["Styles"] = ", ".join(params["styles"])
     fields["Version"] = f"ssdxl {version}"
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v is not None)
     tags = [f"<lora:{Path(path).stem}:{_number(weight)}>" for path, weight in params.get("loras") or []]

@@ -9,7 +9,7 @@ Everything a request adds lives here instead:
   Extra model inputs join the call here: the control units' residuals (``ssdxl.control.residuals``),
   which depend on the step; IP-Adapter image embeddings travel in the ``Conditioning``.
 - ``GuidedDenoiser`` wraps it with classifier-free guidance (uncond and cond in one batch), the
-  guidance cut-off, and inpainting's re-imposed known region after each scheduler step.
+  guidance cut-off and rescale, and inpainting's re-imposed known region after each scheduler step.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from diffusers import SchedulerMixin
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from ssdxl.conditioning.prompt import Conditioning
 from ssdxl.control.residuals import ControlStack
@@ -61,6 +62,7 @@ class GuidedDenoiser:
         guidance_scale: float,
         *,
         guidance_cutoff: float = 1.0,
+        guidance_rescale: float = 0.0,
         inpainting: Inpainting | None = None,
     ):
         self.model = model
@@ -71,6 +73,7 @@ class GuidedDenoiser:
         self.guided = uncond is not None and guidance_scale > 1.0
         self.both = Conditioning.cat([uncond, cond]) if self.guided else cond
         self.cfg_steps = int(round(len(timesteps) * guidance_cutoff))
+        self.guidance_rescale = guidance_rescale
         self.inpainting = inpainting
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
@@ -80,7 +83,10 @@ class GuidedDenoiser:
             return self.model(self.scheduler.scale_model_input(latents, t), t, self.cond, i, steps)
         model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
         uncond_pred, cond_pred = self.model(model_in, t, self.both, i, steps).chunk(2)
-        return uncond_pred + self.guidance_scale * (cond_pred - uncond_pred)
+        guided = uncond_pred + self.guidance_scale * (cond_pred - uncond_pred)
+        if self.guidance_rescale > 0:  # "Common Diffusion Noise Schedules and Sample Steps are Flawed", sec. 3.4
+            guided = rescale_noise_cfg(guided, cond_pred, guidance_rescale=self.guidance_rescale)
+        return guided
 
     def after_step(self, latents: torch.Tensor, i: int) -> torch.Tensor:
         """The latents after step ``i``, with inpainting's known region re-imposed at the next level."""

@@ -30,28 +30,29 @@ from ssdxl import __version__
 from ssdxl.adapters.library import AdapterLibrary, prompt_loras
 from ssdxl.adapters.patching import MAX_LORAS, AdapterPatcher, embedding_tokens, rewrite_names
 from ssdxl.conditioning.prompt import Conditioning, chunk_count, empty_like, encode_text, micro_conditioning
+from ssdxl.conditioning.styles import Style, apply_styles, load_styles
 from ssdxl.conditioning.weighting import parse_prompt
 from ssdxl.control import outpaint
 from ssdxl.control.ip_adapter import ImageEncoders, IPAdapterPatcher, ip_adapter_names, load_ip_adapter
 from ssdxl.control.models import ControlLibrary, ControlModel, union_type_index
 from ssdxl.control.preprocess import check_preprocessor, preprocess
 from ssdxl.control.residuals import RESIZE_MODES, ActiveControl, ControlStack, control_tensor
-from ssdxl.errors import UserError
+from ssdxl.errors import FieldError, UserError
 from ssdxl.models import builtin
 from ssdxl.models.components import Components
 from ssdxl.models.loading import file_hash, load_components, weights_file
+from ssdxl.models.vae import latent_space, load_vae, to_unet, to_vae, vae_weights
 from ssdxl.output.infotext import build_infotext
 from ssdxl.sampling.denoiser import GuidedDenoiser, Inpainting, ModelCall
+from ssdxl.sampling.limits import MAX_SIDE, MAX_STEPS, MIN_SIDE, OVERSIZE_AREA, SIZE_MULTIPLE, check_request, check_side
 from ssdxl.sampling.loop import StepCallback, denoise, schedule_slice
 from ssdxl.sampling.precision import dtype_name, pick_device, pick_dtype
 from ssdxl.sampling.request import ControlUnit, GeneratedImage, GenerationRequest, GenerationResult, ImagePrompt
 from ssdxl.sampling.schedulers import resolve_scheduler
+from ssdxl.speed import tuning
 from ssdxl.speed.runtime import Runtime
 from ssdxl.upscale import is_latent_mode, resolve_upscaler, upscale_image, upscale_latents
 
-MAX_SEED = 2**63 - 1
-SIZE_MULTIPLE = 8
-MAX_SIDE = 4096
 FEW_STEP_SCHEDULERS = {"LCMScheduler": "LCM", "TCDScheduler": "TCD"}  # a distilled UNet shipped with its sampler
 FEW_STEP_DEFAULTS = {"steps": 4, "guidance_scale": 1.0}  # LCM/TCD LoRAs: no CFG, a handful of steps
 MAX_CONTROLS = 4  # control units a request may use (A1111 shows 3 by default)
@@ -69,6 +70,8 @@ class LoadedModel:
     components: Components
     source: str  # what the user passed: built-in name, path or repo id
     hash: str  # A1111-style short hash of the weights
+    vae: str | None = None  # a swapped-in VAE (--vae): its name and hash, as A1111 records them
+    vae_hash: str = ""
 
 
 class Engine:
@@ -87,7 +90,10 @@ class Engine:
         upscaler_dirs: tuple[Path, ...] = (),
         allow_pickle: bool = False,
         ip_adapter_dirs: tuple[Path, ...] = (),
+        styles: dict[str, Style] | None = None,
     ):
+        if refiner is not None:
+            _check_pair(base, refiner)
         self.base = base
         self.refiner = refiner
         self.device = device
@@ -106,6 +112,7 @@ class Engine:
         # requests may name control models, IP-Adapters and upscalers by path (CLI, Python), or by name only (server)
         self.allow_paths = self.controls.allow_paths
         self.image_encoders = ImageEncoders()
+        self.styles = load_styles() if styles is None else styles  # prompt styles requests name (built-in + files)
 
     @classmethod
     def load(
@@ -125,19 +132,33 @@ class Engine:
         upscaler_dirs: tuple[str | Path, ...] = (),
         ip_adapter_dirs: tuple[str | Path, ...] = (),
         allow_paths: bool = True,
+        vae: str | Path | None = None,
+        styles_files: tuple[str | Path, ...] = (),
+        prediction: str | None = None,
+        zero_snr: bool = False,
     ) -> Engine:
         """``backend``: torch, openvino, or auto (OpenVINO where installed and exported); ``optimize``
         applies the measured CPU settings of ``ssdxl.speed.tuning``; ``lora_dirs`` / ``embedding_dirs``
         ``controlnet_dirs``, ``upscaler_dirs`` and ``ip_adapter_dirs`` are folders whose files requests may name;
-        ``allow_paths`` False takes control models, IP-Adapters and upscalers from those folders only."""
+        ``allow_paths`` False takes control models, IP-Adapters and upscalers from those folders only; ``vae``
+        replaces the models' VAE (``ssdxl.models.vae``); ``styles_files`` (A1111 ``styles.csv`` or JSON) add
+        prompt styles to the built-in ones.
+        ``prediction`` (v / eps) and ``zero_snr`` override the base model's scheduler config (``load_components``)."""
+        styles = load_styles(styles_files)  # a bad file fails before the model loads
         library = AdapterLibrary(lora_dirs, embedding_dirs, allow_pickle=allow_pickle)
         controls = ControlLibrary(controlnet_dirs, allow_pickle=allow_pickle, allow_paths=allow_paths)
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
-        base = _load(model, torch_device, torch_dtype, allow_pickle)
+        base = _load(model, torch_device, torch_dtype, allow_pickle, prediction=prediction, zero_snr=zero_snr)
         ref = _load(refiner, torch_device, torch_dtype, allow_pickle) if refiner is not None else None
         loaded = [(m.components, m.hash) for m in (base, ref) if m is not None]
         runtime = Runtime.prepare(loaded, torch_device, backend=backend, optimize=optimize)
+        for m in (base, ref) if vae is not None else ():
+            if m is not None:  # after the runtime: an OpenVINO export holds the model's own decoder, which goes
+                runtime.forget_decoder(m.components.vae)
+                _swap_vae(m, vae, torch_device, torch_dtype, allow_pickle)
+                if optimize:
+                    tuning.apply_vae(m.components.vae, torch_device)
         upscalers, ip_adapters = tuple(map(Path, upscaler_dirs)), tuple(map(Path, ip_adapter_dirs))
         return cls(
             base,
@@ -151,6 +172,7 @@ class Engine:
             upscalers,
             allow_pickle,
             ip_adapters,
+            styles=styles,
         )
 
     def enable_tiled_vae(self) -> None:
@@ -170,6 +192,10 @@ class Engine:
         """The request with defaults filled in and every field checked; seed -1 becomes a real seed."""
         d = self.base.components.defaults
         r = dataclasses.replace(request, loras=list(request.loras), embeddings=list(request.embeddings))
+        if r.styles and not r.styles_applied:  # first: a style's text may call LoRAs and embeddings
+            r.prompt, r.negative_prompt = apply_styles(r.prompt, r.negative_prompt, r.styles, self.styles)
+            r.styles_applied = True
+        check_request(r)  # the contract every entry point checks, on the request as given (its prompts styled)
         self._resolve_adapters(r)
         if len(r.controls) > MAX_CONTROLS:
             raise UserError(f"at most {MAX_CONTROLS} control units a request; got {len(r.controls)}")
@@ -182,6 +208,12 @@ class Engine:
         if r.init_image is not None and r.width is None and r.height is None:
             size = outpaint.canvas_size(r.init_image.size, r.outpaint) if r.outpaint else r.init_image.size
             r.width, r.height = (max(SIZE_MULTIPLE, s - s % SIZE_MULTIPLE) for s in size)
+            if not MIN_SIDE <= min(r.width, r.height) <= max(r.width, r.height) <= MAX_SIDE:
+                raise FieldError(
+                    "init_image",
+                    f"is {size[0]}x{size[1]}, and without a width and height the output takes its size: give a "
+                    f"width and height (sides from {MIN_SIDE} to {MAX_SIDE}) to resize it",
+                )
         for name, fallback in (("width", 1024), ("height", 1024), ("steps", 30)):
             if getattr(r, name) is None:
                 setattr(r, name, d.get(name, fallback))
@@ -199,6 +231,7 @@ class Engine:
             raise UserError("DeepCache (cache interval > 1) cannot run with ControlNets or IP-Adapters; use interval 1")
         for text in (r.prompt, r.negative_prompt):
             parse_prompt(text, r.prompt_syntax)  # a malformed weight fails here, not inside a batch
+        self._check_clip_skip(r)
         return r
 
     def _resolve_adapters(self, r: GenerationRequest) -> None:
@@ -234,18 +267,27 @@ class Engine:
         if (hr.width or 0) < 0 or (hr.height or 0) < 0:
             raise UserError("hires width and height must be positive (0 or none: use the scale)")
         width, height = hires_size(r)
-        if max(width, height) > MAX_SIDE or min(width, height) < SIZE_MULTIPLE:
-            raise UserError(
-                f"hires fix would make {width}x{height}; sides must be between {SIZE_MULTIPLE} and {MAX_SIDE}"
-            )
-        if hr.steps is not None and not 1 <= hr.steps <= 1000:
-            raise UserError(f"hires steps must be between 1 and 1000 (0: the first pass's), got {hr.steps}")
+        if max(width, height) > MAX_SIDE or min(width, height) < MIN_SIDE:
+            raise UserError(f"hires fix would make {width}x{height}; sides must be between {MIN_SIDE} and {MAX_SIDE}")
+        if hr.steps is not None and not 1 <= hr.steps <= MAX_STEPS:
+            raise UserError(f"hires steps must be between 1 and {MAX_STEPS} (0: the first pass's), got {hr.steps}")
         if not 0 < hr.strength <= 1:
             raise UserError(f"hires strength (denoising strength) must be in (0, 1], got {hr.strength}")
         if int((hr.steps or r.steps) * hr.strength) < 1:
             raise UserError("hires strength x steps leaves no step to run; raise the hires strength or steps")
         if not is_latent_mode(hr.upscaler):
             self._upscaler(hr.upscaler)
+
+    def _check_clip_skip(self, r: GenerationRequest) -> None:
+        """Clip skip within every text tower the request uses (the layer read may go back to the token embeddings)."""
+        models = [self.base] + ([self.refiner] if r.refiner and self.refiner is not None else [])
+        most = min(
+            getattr(m.components, slot).config.num_hidden_layers + 2 + m.components.family.layer
+            for m in models
+            for slot in m.components.family.towers
+        )
+        if r.clip_skip > most:
+            raise FieldError("clip_skip", f"must be at most {most} for this model's text encoder, got {r.clip_skip}")
 
     def _resolve_image_prompt(self, prompt: ImagePrompt) -> ImagePrompt:
         """An image prompt with its adapter read and checked against this UNet now, alone."""
@@ -312,7 +354,7 @@ class Engine:
         chunks, since conditioning of different lengths cannot be stacked (tokenizing only, no encoder)."""
         r = request
         size_and_schedule = (r.kind, r.width, r.height, r.steps, r.scheduler, r.strength)
-        guidance = (r.guidance_scale, r.guidance_cutoff, r.cache_interval)
+        guidance = (r.guidance_scale, r.guidance_cutoff, r.guidance_rescale, r.cache_interval, r.clip_skip)
         adapters = tuple((path, weight) for path, weight in r.loras)  # LoRAs patch the weights the batch shares
         refiner = r.high_noise_fraction if r.refiner else None
         controls = tuple((u.model, u.scale, u.start, u.end, u.guess_mode, u.control_type) for u in r.controls)
@@ -331,6 +373,19 @@ class Engine:
             return base, None
         return base, chunk_count(self.refiner.components, [r.prompt, r.negative_prompt], r.prompt_syntax)
 
+    def warnings(self, r: GenerationRequest) -> list[str]:
+        """What may spoil a resolved request's images without making it wrong: a first pass far above the area the
+        model was trained at draws repeated or broken shapes (the hires fix's second pass is made for large sizes)."""
+        d = self.base.components.defaults
+        native = (d.get("width", 1024), d.get("height", 1024))
+        ratio = r.width * r.height / (native[0] * native[1])
+        if ratio <= OVERSIZE_AREA:
+            return []
+        return [
+            f"{r.width}x{r.height} is {ratio:.1f}x the area {self.model_name} was made for ({native[0]}x{native[1]}): "
+            "expect repeated or broken shapes; generate near that size and enlarge with the hires fix or ssdxl upscale"
+        ]
+
     def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
         r = self.resolve(request)
         timings: dict[str, float] = {}
@@ -339,7 +394,7 @@ class Engine:
             rows = self._rows(r, timings)
             images = [self._finish(self._sample([row], timings, callback), [row], timings)[0] for row in rows]
         timings["total"] = time.perf_counter() - t_start
-        return GenerationResult(images=images, timings=timings, model=self.model_name)
+        return GenerationResult(images=images, timings=timings, model=self.model_name, warnings=self.warnings(r))
 
     def generate_batch(
         self, requests: list[GenerationRequest], callback: StepCallback | None = None
@@ -361,7 +416,10 @@ class Engine:
             images = iter(self._finish(self._sample(rows, timings, callback), rows, timings))
             grouped = [[next(images) for _ in request_rows] for request_rows in per_request]
         timings["total"] = time.perf_counter() - t_start
-        return [GenerationResult(images=group, timings=timings, model=self.model_name) for group in grouped]
+        return [
+            GenerationResult(images=group, timings=timings, model=self.model_name, warnings=self.warnings(r))
+            for group, r in zip(grouped, resolved, strict=True)
+        ]
 
     # ------------------------------------------------------------------ stages
 
@@ -379,23 +437,27 @@ class Engine:
         """Both branches' conditioning; ``rewrite`` puts embedding tokens where the prompts name them."""
         prompt, negative = rewrite(r.prompt), rewrite(r.negative_prompt)
         syntax = r.prompt_syntax
-        if r.negative_prompt or not comps.pipeline.get("force_zeros_for_empty_prompt", True):
-            both, both_pooled = encode_text(comps, [prompt, negative], syntax)  # equal chunk counts
+        zeros = comps.pipeline.get("force_zeros_for_empty_prompt", comps.family.empty_negative_zeros)
+        if r.negative_prompt or not zeros:
+            both, both_pooled = encode_text(comps, [prompt, negative], syntax, r.clip_skip)  # equal chunk counts
             embeds, neg_embeds = both.chunk(2)
-            pooled, neg_pooled = both_pooled.chunk(2)
+            pooled, neg_pooled = both_pooled.chunk(2) if both_pooled is not None else (None, None)
         else:
-            embeds, pooled = encode_text(comps, [prompt], syntax)
+            embeds, pooled = encode_text(comps, [prompt], syntax, r.clip_skip)
             neg_embeds, neg_pooled = empty_like(embeds, pooled)
         to = {"device": self.device, "dtype": self.dtype}
-        cond = Conditioning(embeds.to(**to), pooled.to(**to), None)
-        uncond = Conditioning(neg_embeds.to(**to), neg_pooled.to(**to), None)
+        cond = Conditioning(embeds.to(**to), _to(pooled, to), None)
+        uncond = Conditioning(neg_embeds.to(**to), _to(neg_pooled, to), None)
         return self._sized(comps, (cond, uncond), r, r.width, r.height)
 
     def _sized(self, comps, conds, r, width: int, height: int) -> tuple[Conditioning, Conditioning]:
-        """The (cond, uncond) pair with the micro-conditioning of an image ``width`` x ``height``."""
-        size = (height, width)
-        original = r.original_size or size
-        target = r.target_size or size
+        """The (cond, uncond) pair with the micro-conditioning of an image ``width`` x ``height`` (SDXL; other
+        families have none)."""
+        if not comps.family.time_ids:
+            return conds
+        size = (width, height)
+        original = (r.original_size or size)[::-1]  # requests hold (width, height); time_ids take (height, width)
+        target = (r.target_size or size)[::-1]
         sized = []
         for part, score in zip(conds, (r.aesthetic_score, r.negative_aesthetic_score), strict=True):
             ids = micro_conditioning(comps, original, r.crop_top_left, target, score).to(self.device, self.dtype)
@@ -408,7 +470,7 @@ class Engine:
         pixels = pixels.to(self.device, self._vae_dtype(vae))
         with _vae_in(vae, self._vae_dtype(vae)):
             latents = vae.encode(pixels).latent_dist.mode()
-        return _scale_latents(vae, latents).to(self.dtype)
+        return to_unet(vae, latents).to(self.dtype)
 
     def _rows(self, r: GenerationRequest, timings: dict[str, float]) -> list[_Row]:
         """A resolved request's images-to-be: prompts, init image and control maps prepared once for all."""
@@ -543,6 +605,11 @@ class Engine:
                 "samples": 1,
                 "model": self.base.source,
                 "refiner_model": self.refiner.source if r.refiner else None,
+                "vae": self.base.vae,
+                "vae_hash": self.base.vae_hash or None,
+                # what the scheduler was told the model predicts (--prediction / --zero-snr re-applied by --from-png)
+                "prediction": self.base.components.scheduler_config.get("prediction_type", "epsilon"),
+                "zero_snr": bool(self.base.components.scheduler_config.get("rescale_betas_zero_snr")),
                 "dtype": dtype_name(self.dtype),
                 "device": self.device.type,
                 "backend": self.runtime.unet_path(
@@ -591,6 +658,7 @@ class Engine:
             *conds,
             r.guidance_scale,
             guidance_cutoff=r.guidance_cutoff,
+            guidance_rescale=r.guidance_rescale,
             inpainting=inpainting,
         )
         return denoise(denoiser, scheduler, latents, timesteps, generators, callback=callback)
@@ -614,9 +682,9 @@ class Engine:
     def _run_vae_decode(self, vae, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         decoder = self.runtime.decoder(vae, latents)
         if decoder is not None and dtype == self.dtype:  # a float32 retry after overflow stays in PyTorch
-            return decoder(_unscale_latents(vae, latents))
+            return decoder(to_vae(vae, latents))
         with _vae_in(vae, dtype):
-            return vae.decode(_unscale_latents(vae, latents).to(dtype)).sample.float()
+            return vae.decode(to_vae(vae, latents).to(dtype)).sample.float()
 
 
 # ---------------------------------------------------------------------- helpers
@@ -671,6 +739,17 @@ def _control_map(unit: ControlUnit, allow_pickle: bool) -> Image.Image:
     )
 
 
+def _check_pair(base: LoadedModel, refiner: LoadedModel) -> None:
+    """Refused at load: a refiner of another latent space would finish the base's latents into an image of the wrong
+    size and colours, under an infotext saying the size asked."""
+    spaces = [latent_space(m.components.vae) for m in (base, refiner)]
+    if spaces[0] != spaces[1]:
+        raise UserError(
+            f"refiner {refiner.source} cannot finish {base.source}'s images: their latents differ "
+            f"(base: {spaces[0]}; refiner: {spaces[1]}); use a refiner made for this model"
+        )
+
+
 def _patched_unet(r: GenerationRequest) -> bool:
     """Whether the request changes the base UNet's call (LoRAs, control residuals, image prompts), so it runs
     in PyTorch: an exported OpenVINO graph has none of them."""
@@ -702,8 +781,18 @@ def _stack(pairs: list[tuple[Conditioning, Conditioning]]) -> tuple[Conditioning
     return Conditioning.cat([c for c, _ in pairs]), Conditioning.cat([u for _, u in pairs])
 
 
-def _load(source, device: torch.device, dtype: torch.dtype, allow_pickle: bool) -> LoadedModel:
-    components = load_components(source, dtype=dtype, allow_pickle=allow_pickle).to(device, dtype)
+def _load(
+    source,
+    device: torch.device,
+    dtype: torch.dtype,
+    allow_pickle: bool,
+    prediction: str | None = None,
+    zero_snr: bool = False,
+) -> LoadedModel:
+    """``prediction`` / ``zero_snr``: ``load_components``' scheduler overrides (given for the base model only)."""
+    components = load_components(
+        source, dtype=dtype, allow_pickle=allow_pickle, prediction=prediction, zero_snr=zero_snr
+    ).to(device, dtype)
     for module in components.modules().values():
         module.eval().requires_grad_(False)
     source_text = builtin.DEFAULT_MODEL if source is None else str(source)
@@ -712,35 +801,26 @@ def _load(source, device: torch.device, dtype: torch.dtype, allow_pickle: bool) 
     return LoadedModel(components, source_text, file_hash(weights) if weights else "")
 
 
+def _swap_vae(model: LoadedModel, source: str | Path, device: torch.device, dtype: torch.dtype, allow_pickle) -> None:
+    """Replace the model's VAE with the one at ``source`` (``ssdxl.models.vae``)."""
+    comps = model.components
+    comps.vae = load_vae(source, comps.vae, dtype=dtype, allow_pickle=allow_pickle).to(device).eval()
+    comps.vae.requires_grad_(False)
+    weights = vae_weights(source)
+    model.vae, model.vae_hash = Path(source).expanduser().name, file_hash(weights) if weights else ""
+
+
 def _check(r: GenerationRequest, refiner_loaded: bool) -> None:
+    """What ``check_request`` could not see before the defaults were filled in: the sides the model's defaults or the
+    init image chose, and a refiner to hand over to."""
     for name in ("width", "height"):
-        value = getattr(r, name)
-        if value % SIZE_MULTIPLE or not SIZE_MULTIPLE <= value <= MAX_SIDE:
-            nearest = min(MAX_SIDE, max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE))
-            raise UserError(
-                f"{name} {value} is not a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and "
-                f"{MAX_SIDE}; nearest valid: {nearest}"
-            )
-    if not 1 <= r.steps <= 1000:
-        raise UserError(f"steps must be between 1 and 1000, got {r.steps}")
-    if not 0 <= r.guidance_scale <= 50:
-        raise UserError(f"guidance scale must be between 0 and 50, got {r.guidance_scale}")
-    if not 1 <= r.samples <= 64:
-        raise UserError(f"samples must be between 1 and 64, got {r.samples}")
-    if not 0 <= r.seed <= MAX_SEED - r.samples:
-        raise UserError(f"seed must be -1 (random) or between 0 and {MAX_SEED - r.samples}, got {r.seed}")
-    if r.strength is not None and not 0 < r.strength <= 1:
-        raise UserError(f"strength must be in (0, 1], got {r.strength}")
-    if not 0 < r.high_noise_fraction < 1:
-        raise UserError(f"high noise fraction must be in (0, 1), got {r.high_noise_fraction}")
-    if not 0 <= r.guidance_cutoff <= 1:
-        raise UserError(f"guidance cutoff must be in [0, 1], got {r.guidance_cutoff}")
-    if not 1 <= r.cache_interval <= 1000:
-        raise UserError(f"cache interval must be between 1 (off) and 1000, got {r.cache_interval}")
+        check_side(name, getattr(r, name))
     if r.refiner and not refiner_loaded:
         raise UserError("refiner requested but no refiner model is loaded (pass --refiner MODEL)")
-    if r.mask_image is not None and r.init_image is None:
-        raise UserError("a mask needs an init image to inpaint")
+
+
+def _to(tensor: torch.Tensor | None, to: dict) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(**to)
 
 
 def _check_finite(tensor: torch.Tensor, what: str, dtype: torch.dtype) -> None:
@@ -768,16 +848,6 @@ def _vae_in(vae, dtype: torch.dtype):
     finally:
         if dtype != original:
             vae.to(original)
-
-
-def _scale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    shift = vae.config.get("shift_factor") or 0.0
-    return (latents - shift) * vae.config.scaling_factor
-
-
-def _unscale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    shift = vae.config.get("shift_factor") or 0.0
-    return latents / vae.config.scaling_factor + shift
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:

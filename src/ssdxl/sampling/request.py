@@ -10,16 +10,25 @@ Control and image tools (``ssdxl.control``, ``ssdxl.upscale``) are fields too: `
 T2I-Adapter units, as sd-webui-controlnet's units), ``image_prompts`` (IP-Adapter), ``outpaint`` (grow the
 init image's canvas and paint the new border) and ``hires`` (A1111's hires fix: generate, upscale,
 img2img at the larger size).
+
+``styles`` names prompt styles (A1111's saved styles): ``Engine.resolve`` wraps the prompt and negative prompt in them
+and sets ``styles_applied``, so a resolved request (or one read back from a PNG) keeps the names as a record and is
+never styled twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
+# A1111's LoRA tag, ``<lora:name:weight>`` (and LyCORIS's ``<lyco:…>``), as a prompt carries it: the request's
+# LoRAs come from the prompt too (``ssdxl.adapters.library``), and the negative prompt may carry none.
+PROMPT_LORA = re.compile(r"<(?:lora|lyco):([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
 
 @dataclass
 class ControlUnit:
@@ -95,6 +104,8 @@ class GenerationRequest:
     aesthetic_score: float = 6.0
     negative_aesthetic_score: float = 2.5
     guidance_cutoff: float = 1.0  # fraction of the steps that use classifier-free guidance
+    guidance_rescale: float = 0.0  # rescale guided predictions toward the conditional's std (zero-SNR models: 0.7)
+    clip_skip: int = 1  # A1111's clip skip: 1 reads the model's usual text-encoder layer, 2 the one before, ...
     cache_interval: int = 1  # DeepCache: a full UNet call every N steps, shallow ones between (1 = off)
     loras: list[tuple[str, float]] = field(default_factory=list)  # (name or path, weight); <lora:name:w> adds
     embeddings: list[str] = field(default_factory=list)  # textual inversions (name or path), called by name
@@ -103,6 +114,8 @@ class GenerationRequest:
     image_prompts: list[ImagePrompt] = field(default_factory=list)  # IP-Adapters
     outpaint: tuple[int, int, int, int] | None = None  # pixels added (left, top, right, bottom) around init_image
     hires: Hires | None = None
+    styles: list[str] = field(default_factory=list)  # prompt styles by name (ssdxl.conditioning.styles), in order
+    styles_applied: bool = False  # the prompts already hold ``styles``: Engine.resolve expands them only once
 
     @property
     def kind(self) -> str:
@@ -111,13 +124,16 @@ class GenerationRequest:
         return "inpaint" if self.mask_image is not None or self.outpaint else "img2img"
 
     def to_params(self) -> dict[str, Any]:
-        """The request's settings without images: what a PNG records to re-create the run."""
+        """The request's settings without images: what a PNG records to re-create the run. ``RECORDS`` are records
+        only: the kind of run and the mask's hash, so ``--from-png`` of an inpainted image asks for its mask again."""
         params = dataclasses.asdict(_without(self, "init_image", "mask_image", "controls", "image_prompts", "hires"))
         for key in ("init_image", "mask_image"):
             params.pop(key)
         params["controls"] = [unit.to_params() for unit in self.controls]
         params["image_prompts"] = [prompt.to_params() for prompt in self.image_prompts]
         params["hires"] = self.hires.to_params() if self.hires else None
+        params["kind"] = self.kind
+        params["mask_hash"] = image_hash(self.mask_image) if self.mask_image is not None else None
         return params
 
 
@@ -134,10 +150,23 @@ class GenerationResult:
     images: list[GeneratedImage]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     model: str = ""
+    warnings: list[str] = field(default_factory=list)  # what may spoil the images, not failing them (Engine.warnings)
 
     @property
     def seeds(self) -> list[int]:
         return [g.seed for g in self.images]
+
+
+RECORDS = ("kind", "mask_hash")  # what ``to_params`` adds besides the fields
+
+
+def image_hash(image: Image.Image) -> str:
+    """A short hash of a mask's pixels as the engine reads them (greyscale; not its file or mode), so a mask re-saved
+    in another format, or stored as greyscale by the server, still matches."""
+    image = image.convert("L")
+    digest = hashlib.sha256(f"{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()[:10]
 
 
 def _without(obj, *names: str):

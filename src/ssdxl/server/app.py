@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ssdxl import __version__
-from ssdxl.server import adapters, controls, errors, jobs_api, web
+from ssdxl.server import adapters, controls, errors, jobs_api, styles, web
 from ssdxl.server.auth import AuthMiddleware, KeyStore, request_key
 from ssdxl.server.config import ServerConfig
 from ssdxl.server.dialects import a1111, controlnet, extras, openai, segmind
@@ -70,7 +70,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="ssdxl", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service = JobService(store, storage, registry, dispatch, config)
     errors.install(app)
-    routers = (segmind, a1111, extras, controlnet, openai, jobs_api, adapters, controls, web)
+    routers = (segmind, a1111, extras, controlnet, openai, jobs_api, adapters, controls, styles, web)
     for module in routers:
         app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, service=service)

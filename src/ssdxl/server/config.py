@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ssdxl.adapters.library import split_weight
 from ssdxl.errors import UserError
+from ssdxl.sampling.limits import LIMITS, MAX_SAMPLES, RequestLimits
 
 
 def default_data_dir() -> Path:
@@ -54,11 +55,14 @@ class ServerConfig:
     upscaler_dirs: list[Path] = field(default_factory=list)  # folders whose upscaler models hires fix and extras name
     ip_adapter_dirs: list[Path] = field(default_factory=list)  # folders whose IP-Adapter files image prompts name
     model_loras: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # model name -> its own LoRAs
+    model_vaes: dict[str, str] = field(default_factory=dict)  # model name -> the VAE it decodes with (A1111 "SD VAE")
+    styles_files: list[Path] = field(default_factory=list)  # A1111 styles.csv / JSON files adding prompt styles
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     redis_url: str | None = None  # jobs run by `ssdxl worker` processes instead of in the server
-    max_batch: int = 8  # images per UNet batch
+    max_batch: int = MAX_SAMPLES  # images per UNet batch: by default a request's most
+    limits: RequestLimits = LIMITS  # sides, steps and samples a request may ask for: the shared ones, or lower
     batch_wait: float = 0.05  # seconds an idle runner waits for concurrent requests to batch with
     max_body_bytes: int = 20 * 1024 * 1024
     sync_timeout: float = 600.0  # how long Segmind/A1111/OpenAI calls wait for their job

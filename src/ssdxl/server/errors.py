@@ -22,19 +22,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ssdxl.errors import UserError
+from ssdxl.errors import FieldError, UserError  # FieldError: request fields, also the engine's
 
 LOCATIONS = ("body", "query", "path", "form", "header")
-
-
-class FieldError(UserError):
-    """A request field that parsed but cannot be used (undecodable image, unknown scheduler...)."""
-
-    def __init__(self, field: str, message: str, *, status: int = 422):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.reason = message
-        self.status = status  # 422; 404 where the field names something this server does not serve
 
 
 # ---------------------------------------------------------------------- no server paths in answers

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -18,15 +19,17 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from ssdxl.sampling.limits import MAX_PROMPT_CHARS, MIN_SIDE
 from ssdxl.sampling.request import ControlUnit, GenerationRequest, Hires, ImagePrompt
 from ssdxl.sampling.schedulers import scheduler_names
 from ssdxl.server.adapters import parse_loras
 from ssdxl.server.auth import request_key
 from ssdxl.server.controls import accept_hires, accept_image_prompt, accept_outpaint, accept_unit
 from ssdxl.server.registry import ModelRegistry
-from ssdxl.server.schemas import JobRequest, JobView, ModelsView, decode_image
+from ssdxl.server.schemas import JobRequest, JobView, LimitsView, ModelsView, decode_image
 from ssdxl.server.service import JobService
 from ssdxl.server.store import Job
+from ssdxl.server.styles import accept_styles
 
 router = APIRouter(tags=["Jobs"])
 
@@ -45,6 +48,7 @@ def to_generation_request(body: JobRequest, registry: ModelRegistry) -> Generati
         init_image=decode_image("init_image", body.init_image) if body.init_image is not None else None,
         mask_image=decode_image("mask_image", body.mask_image) if body.mask_image is not None else None,
     )
+    request = accept_styles(request, registry.styles, "styles")
     for k, unit in enumerate(body.controls):
         image = decode_image(f"controls.{k}.image", unit.image)
         unit = ControlUnit(**unit.model_dump(exclude={"image"}), image=image)
@@ -157,8 +161,14 @@ async def file(name: str, request: Request) -> FileResponse:
 
 @router.get("/v2/models", response_model=ModelsView)
 async def models(request: Request) -> ModelsView:
-    registry = _service(request).registry
-    return ModelsView(models=registry.names(), default=registry.default, schedulers=scheduler_names())
+    registry, limits = _service(request).registry, _service(request).config.limits
+    return ModelsView(
+        models=registry.names(),
+        families=registry.families(),
+        default=registry.default,
+        schedulers=scheduler_names(),
+        limits=LimitsView(min_side=MIN_SIDE, max_prompt_chars=MAX_PROMPT_CHARS, **dataclasses.asdict(limits)),
+    )
 
 
 @router.get("/health")

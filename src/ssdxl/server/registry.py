@@ -6,7 +6,8 @@ refiner): several names for one model share its engine. A name may carry LoRAs o
 (``--model-lora NAME=PATH[:WEIGHT]``, e.g. Segmind's Vega RT: the Vega model plus its LCM LoRA),
 which every job for that name gets. ``adapters`` is the server's view of the LoRA and embedding
 folders, ``controls`` of the ControlNet folders, ``upscalers()`` of the upscaler folders and ``ip_adapters()`` of the
-IP-Adapter folders: names only, never paths.
+IP-Adapter folders: names only, never paths. ``styles`` are the prompt styles requests may name (built-in and
+``--styles-file``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import TYPE_CHECKING
 
 from ssdxl.adapters.library import AdapterLibrary
 from ssdxl.adapters.lora import inspect_lora
+from ssdxl.conditioning.styles import load_styles
 from ssdxl.control.ip_adapter import ip_adapter_names
 from ssdxl.control.models import ControlLibrary
 from ssdxl.errors import UserError
 from ssdxl.models import builtin
+from ssdxl.models.peek import peek_family
 from ssdxl.server.errors import FieldError
 from ssdxl.upscale import BUILTIN_FILTERS, Upscaler
 from ssdxl.upscale.registry import model_files
@@ -49,14 +52,21 @@ class ModelRegistry:
         controlnet_dirs: Iterable[Path] = (),
         upscaler_dirs: Iterable[Path] = (),
         ip_adapter_dirs: Iterable[Path] = (),
+        styles_files: Iterable[Path] = (),
+        vaes: dict[str, str] | None = None,
     ):
         self.sources = {**{name: name for name in builtin.names()}, **models}
         if not self.sources:
             raise UserError("no models to serve: pass --model NAME=PATH (e.g. --model ssd-1b=./ssd-1b)")
         self.refiners = dict(refiners or {})
-        unknown = set(self.refiners) - set(self.sources)
-        if unknown:
-            raise UserError(f"--refiner names unknown model(s): {', '.join(sorted(unknown))}")
+        self.vaes = {name: str(Path(path).expanduser()) for name, path in (vaes or {}).items()}
+        for option, named in (("--refiner", self.refiners), ("--model-vae", self.vaes)):
+            unknown = set(named) - set(self.sources)
+            if unknown:
+                raise UserError(f"{option} names unknown model(s): {', '.join(sorted(unknown))}")
+        for name, path in self.vaes.items():
+            if not Path(path).exists():
+                raise UserError(f"--model-vae {name}={path}: no such file or folder")
         if models:
             self.default = next(iter(models))
         else:
@@ -75,7 +85,8 @@ class ModelRegistry:
                 raise UserError(f"--upscaler-dir {folder} does not exist")
         self.ip_adapter_dirs = tuple(Path(d) for d in ip_adapter_dirs)
         self.ip_adapters()  # a missing folder stops start-up
-        self._engines: dict[tuple[str, str | None], Engine] = {}
+        self.styles = load_styles(styles_files)  # a bad file stops start-up
+        self._engines: dict[tuple[str, str | None, str | None], Engine] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -91,10 +102,16 @@ class ModelRegistry:
             controlnet_dirs=config.controlnet_dirs,
             upscaler_dirs=config.upscaler_dirs,
             ip_adapter_dirs=config.ip_adapter_dirs,
+            styles_files=config.styles_files,
+            vaes=config.model_vaes,
         )
 
     def names(self) -> list[str]:
         return list(self.sources)
+
+    def families(self) -> dict[str, str | None]:
+        """Each model's family name (``ssdxl.models.families``), read from its configs or header, not loaded."""
+        return {name: getattr(peek_family(source), "name", None) for name, source in self.sources.items()}
 
     def check(self, name: str | None, *, refiner: bool = False, field: str = "model") -> str:
         """The registered name for ``name`` (None and OpenAI's model names mean the default);
@@ -147,7 +164,7 @@ class ModelRegistry:
         """The loaded engine for a registered name (loaded once per source and refiner; concurrent callers wait)."""
         from ssdxl.sampling.engine import Engine
 
-        key = (self.sources[name], self.refiners.get(name))
+        key = (self.sources[name], self.refiners.get(name), self.vaes.get(name))
         with self._lock:
             if key not in self._engines:
                 self._engines[key] = Engine.load(
@@ -161,6 +178,7 @@ class ModelRegistry:
                     upscaler_dirs=self.upscaler_dirs,
                     ip_adapter_dirs=self.ip_adapter_dirs,
                     allow_paths=False,  # control models, IP-Adapters and upscalers by name only, as clients name them
+                    vae=key[2],
                 )
             return self._engines[key]
 

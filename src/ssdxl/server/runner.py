@@ -26,10 +26,10 @@ import torch
 
 from ssdxl.adapters.library import prompt_loras
 from ssdxl.errors import UserError
+from ssdxl.models.latent_preview import preview_png
 from ssdxl.sampling.engine import Engine
 from ssdxl.sampling.request import GenerationRequest
 from ssdxl.server.controls import check_hires_size
-from ssdxl.server.previews import preview_png
 from ssdxl.server.registry import ModelRegistry
 from ssdxl.server.storage import Storage
 from ssdxl.server.store import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, worker_id
@@ -146,7 +146,7 @@ class Runner:
         live = {item.job.id: row for item, row in zip(items, first_rows, strict=True)}  # where its images start
         try:
             with self._heartbeat():
-                results = engine.generate_batch([item.request for item in items], callback=self._on_step(live))
+                results = engine.generate_batch([item.request for item in items], callback=self._on_step(live, engine))
         except Cancelled:
             return
         except Exception as exc:
@@ -169,12 +169,18 @@ class Runner:
             if item.job.id not in live:
                 continue
             saved = self.storage.save_results(item.job.id, item.job.attempts, result.images)
-            outcome = {"images": saved, "timings": result.timings, "batch_size": batch_size}
+            outcome = {
+                "images": saved,
+                "timings": result.timings,
+                "batch_size": batch_size,
+                "warnings": result.warnings,
+            }
             if not self.store.finish(item.job.id, self.worker, SUCCEEDED, result=outcome):
                 self.storage.remove([image["file"] for image in saved])  # the claim was lost: not ours to finish
 
-    def _on_step(self, live: dict[str, int]):
+    def _on_step(self, live: dict[str, int], engine: Engine):
         """The engine's step callback: stop cancelled jobs, then record progress and a preview per job."""
+        fmt = engine.base.components.latent_format
 
         def on_step(step: int, total: int, latents: torch.Tensor) -> None:
             for job_id in self.store.cancel_requested(list(live)):
@@ -182,7 +188,7 @@ class Runner:
                 del live[job_id]
             if not live:
                 raise Cancelled
-            updates = [(job_id, step, total, preview_png(latents[row])) for job_id, row in live.items()]
+            updates = [(job_id, step, total, preview_png(latents[row], fmt)) for job_id, row in live.items()]
             self.store.progress(self.worker, updates)
 
         return on_step

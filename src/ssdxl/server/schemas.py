@@ -1,7 +1,8 @@
 """Field types shared by every dialect, and the native jobs API's request and response models.
 
-Limits live here, once: every dialect's body model is built from these annotated types, so a bad
-value is a 422 naming the field whichever API it came through. Numbers sent as numeric strings
+Every dialect's body model is built from these annotated types, and they from the request limits the CLI and the
+engine read (``ssdxl.sampling.limits``), so a bad value is a 422 naming the field whichever API it came through, and
+refused alike by ``ssdxl generate``. Numbers sent as numeric strings
 (``"guidance_scale": "9"``, as Segmind's own examples do) are accepted by pydantic's lax mode.
 """
 
@@ -18,14 +19,22 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ssdxl.control.outpaint import MAX_GROW
 from ssdxl.errors import UserError
-from ssdxl.sampling.engine import MAX_CONTROL_SCALE, MAX_CONTROLS, MAX_HIRES_SCALE, MAX_IMAGE_PROMPTS, MAX_SEED
+from ssdxl.sampling.engine import MAX_CONTROL_SCALE, MAX_CONTROLS, MAX_HIRES_SCALE, MAX_IMAGE_PROMPTS
+from ssdxl.sampling.limits import (
+    MAX_CLIP_SKIP,
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_STYLES,
+    MIN_SIDE,
+    SIZE_MULTIPLE,
+)
 from ssdxl.sampling.schedulers import resolve_scheduler
 from ssdxl.server.errors import FieldError, public_text
 
-MIN_SIDE, MAX_SIDE = 64, 2048
-MAX_STEPS = 150
-MAX_SAMPLES = 8
-MAX_PROMPT_CHARS = 4000
 MAX_INPUT_SIDE = 4096  # uploaded images; larger ones are refused before decoding fully
 
 
@@ -36,11 +45,14 @@ def _known_scheduler(name: str) -> str:
         raise ValueError(str(exc)) from None
 
 
-Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
-NegativePrompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
-Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8, description="pixels, a multiple of 8")]
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS, description="may be empty, as in A1111 and diffusers")]
+NegativePrompt = Prompt  # the same rule for both
+Side = Annotated[
+    int,
+    Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIZE_MULTIPLE, description=f"pixels, a multiple of {SIZE_MULTIPLE}"),
+]
 Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
-Guidance = Annotated[float, Field(ge=0, le=50)]
+Guidance = Annotated[float, Field(ge=0, le=MAX_GUIDANCE)]
 Seed = Annotated[int, Field(ge=-1, le=MAX_SEED - MAX_SAMPLES, description="-1 picks a random seed")]
 Samples = Annotated[int, Field(ge=1, le=MAX_SAMPLES)]
 Strength = Annotated[float, Field(gt=0, le=1)]
@@ -55,6 +67,14 @@ HiresScale = Annotated[float, Field(ge=1, le=MAX_HIRES_SCALE)]
 HiresSide = Annotated[int, Field(ge=0, le=MAX_SIDE, description="0: from the scale; one side alone keeps the aspect")]
 HiresSteps = Annotated[int, Field(ge=0, le=MAX_STEPS, description="0: the first pass's step count")]
 Growth = Annotated[int, Field(ge=0, le=MAX_GROW, description="pixels added on this side")]
+Styles = Annotated[
+    list[str],
+    Field(
+        max_length=MAX_STYLES,
+        description="prompt styles by name (GET /v2/styles), wrapped around the prompts in order",
+        examples=[["cinematic"]],
+    ),
+]
 Loras = Annotated[
     list[Any],
     Field(
@@ -107,18 +127,6 @@ def _plain_mode(image: Image.Image) -> Image.Image:
         return Image.fromarray((np.asarray(image.convert("I")) >> 8).clip(0, 255).astype(np.uint8))
     transparent = "transparency" in image.info or "A" in image.getbands() or image.mode == "PA"
     return image.convert("RGBA" if transparent else "RGB")
-
-
-def parse_size(field: str, text: str) -> tuple[int, int]:
-    """``"WxH"`` as (width, height), checked like ``Side``."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise FieldError(field, f"must look like WIDTHxHEIGHT, e.g. 1024x1024; got {text!r}") from None
-    for side in (width, height):
-        if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
-            raise FieldError(field, f"sides must be multiples of 8 from {MIN_SIDE} to {MAX_SIDE}; got {text!r}")
-    return width, height
 
 
 # ---------------------------------------------------------------------- the native jobs API (/v2)
@@ -202,8 +210,11 @@ class JobRequest(BaseModel):
     refiner: bool = False
     high_noise_fraction: Fraction = 0.8
     guidance_cutoff: Annotated[float, Field(ge=0, le=1)] = 1.0
+    guidance_rescale: Annotated[float, Field(ge=0, le=1, description="zero-terminal-SNR models: 0.7")] = 0.0
+    clip_skip: Annotated[int, Field(ge=1, le=MAX_CLIP_SKIP, description="A1111's clip skip (2: the layer before)")] = 1
     loras: Loras = []
     prompt_syntax: PromptSyntax = "a1111"
+    styles: Styles = []
     controls: list[ControlUnitBody] = Field(
         [], max_length=MAX_CONTROLS, description="ControlNet / T2I-Adapter units (GET /v2/controlnets), summed"
     )
@@ -241,10 +252,25 @@ class JobView(BaseModel):
     )
     batch_size: int | None = Field(description="images in the UNet batch that made this job's images")
     images: list[ImageLink]
+    warnings: list[str] = Field(
+        description="what may spoil the images without failing the job (a size far above the model's own)"
+    )
     params: dict[str, Any] = Field(description="the request as stored, images as file names")
+
+
+class LimitsView(BaseModel):
+    """The request limits this server enforces (the shared ones, or lower ones its operator chose), for forms."""
+
+    min_side: int
+    max_side: int
+    max_steps: int
+    max_samples: int
+    max_prompt_chars: int
 
 
 class ModelsView(BaseModel):
     models: list[str]
+    families: dict[str, str | None] = {}  # model name -> sd1, sd2, sd2-v, sdxl, sdxl-refiner (None: unknown)
     default: str
     schedulers: list[str]
+    limits: LimitsView

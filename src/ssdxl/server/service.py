@@ -1,7 +1,8 @@
 """The one job path: every dialect turns its request into a ``GenerationRequest`` and comes here.
 
-``submit`` checks the rate limit, the model and the LoRAs, embeddings and prompt weights the request
-names (``adapters.accept``: a bad one is this request's 422, never a failed batch), fixes a random
+``submit`` checks the rate limit, the model, the request contract every entry point shares (``check_request``, with
+the server's ``limits``) and the LoRAs, embeddings and prompt weights the request names (``adapters.accept``: a bad
+one is this request's 422, never a failed batch), fixes a random
 seed (so a job re-run after a crash makes the same image), stores the request and wakes a runner;
 the synchronous dialects then ``wait`` for the job and read its ``images``. Jobs are visible only
 to the key that made them. Image tools that answer at once (upscaling, control-map previews) count
@@ -27,11 +28,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from ssdxl.errors import UserError
+from ssdxl.sampling.limits import check_request
 from ssdxl.sampling.request import GenerationRequest
 from ssdxl.server.adapters import accept
 from ssdxl.server.auth import ApiKey, RateLimiter
 from ssdxl.server.config import ServerConfig
-from ssdxl.server.errors import FieldError
 from ssdxl.server.registry import ModelRegistry
 from ssdxl.server.schemas import ImageLink, JobView
 from ssdxl.server.storage import Storage
@@ -83,8 +84,7 @@ class JobService:
     def submit(self, request: GenerationRequest, *, model: str | None, caller: ApiKey | None) -> Job:
         self.check_rate(caller)
         name = self.registry.check(model, refiner=request.refiner)
-        if request.mask_image is not None and request.init_image is None:
-            raise FieldError("mask_image", "a mask needs an init image to inpaint")
+        check_request(request, self.config.limits)  # what Engine.resolve checks first: refused now, not as a job
         request = accept(request, self.registry.adapters)
         if request.seed == -1:
             request = dataclasses.replace(request, seed=secrets.randbelow(2**32))
@@ -148,6 +148,7 @@ class JobService:
             finished=job.finished,
             error=job.error,
             batch_size=job.result.get("batch_size") if job.result else None,
+            warnings=job.result.get("warnings", []) if job.result else [],
             images=images,
             params=job.request,
         )

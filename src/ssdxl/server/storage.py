@@ -33,7 +33,7 @@ from PIL import Image
 
 from ssdxl.control.models import SUFFIXES as CONTROL_SUFFIXES
 from ssdxl.output.files import save_image
-from ssdxl.sampling.request import ControlUnit, GeneratedImage, GenerationRequest, Hires, ImagePrompt
+from ssdxl.sampling.request import RECORDS, ControlUnit, GeneratedImage, GenerationRequest, Hires, ImagePrompt
 from ssdxl.server.config import ServerConfig
 from ssdxl.server.db import DB_FILE, SIDE_FILES, Database, StoreDamaged, private_dir
 from ssdxl.server.store import JobStore
@@ -70,7 +70,7 @@ class Storage:
         return record
 
     def load_request(self, record: dict[str, Any]) -> GenerationRequest:
-        fields = dict(record)
+        fields = {key: value for key, value in record.items() if key not in RECORDS}
         for key in _TUPLES:
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])

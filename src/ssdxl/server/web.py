@@ -1,9 +1,10 @@
 """The web page at ``/``: plain HTML, CSS and JavaScript files served as they are (no build step).
 
-The page talks to the jobs API like any client: ``GET /v2/models``, ``GET /v2/loras`` and
-``/v2/embeddings`` (the LoRA picker, the embedding hints), ``/v2/controlnets``, ``/controlnet/module_list``,
-``/v2/ip-adapters`` and ``/v2/upscalers`` (the Control, Image prompt and Hires fix sections), ``POST /v2/jobs``,
-then the job's server-sent events for progress and previews, and ``GET /v2/jobs`` for the gallery.
+The page talks to the jobs API like any client: ``GET /v2/models``, ``GET /v2/styles`` (the style picker),
+``GET /v2/loras`` and ``/v2/embeddings`` (the LoRA picker, the embedding hints), ``/v2/controlnets``,
+``/controlnet/module_list``, ``/v2/ip-adapters`` and ``/v2/upscalers`` (the Control, Image prompt and Hires fix
+sections), ``POST /v2/jobs``, then the job's server-sent events for progress and previews, and ``GET /v2/jobs`` for
+the gallery.
 """
 
 from __future__ import annotations

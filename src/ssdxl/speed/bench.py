@@ -121,9 +121,13 @@ def run_benchmark(
         for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))
     }
     guided = settings.guidance > 1.0
-    n_time_ids = 5 if components.is_refiner else 6
     flops = unet_flops(
-        dict(components.unet.config), settings.height, settings.width, batch=2 if guided else 1, time_ids=n_time_ids
+        dict(components.unet.config),
+        settings.height,
+        settings.width,
+        batch=2 if guided else 1,
+        time_ids=components.family.time_ids,
+        vae_scale=components.vae_scale,
     )
     results: list[PathResult] = []
     runners = _runners(components, settings)

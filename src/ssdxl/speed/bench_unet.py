@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ssdxl.models.families import time_ids_of, unet_inputs
 from ssdxl.models.presets import get_preset
 from ssdxl.speed import openvino_backend
 from ssdxl.speed.flops import unet_flops
@@ -68,20 +69,16 @@ def time_unet(
 
 
 def _inputs(config: Any, size: int) -> tuple[tuple, dict[str, Any]]:
+    """A guided call's inputs in bfloat16 (random, the time ids a square image's sizes)."""
     n = size // 8
-    bf16 = {"dtype": torch.bfloat16}
-    cond = {
-        "encoder_hidden_states": torch.randn(2, 77, config.cross_attention_dim, **bf16),
-        "added_cond_kwargs": {
-            "text_embeds": torch.randn(2, _pooled_dim(config), **bf16),
-            "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * 2, **bf16),
-        },
-    }
-    return (torch.randn(2, config.in_channels, n, n, **bf16), torch.tensor(500.0)), cond
 
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, dtype=torch.bfloat16)
 
-def _pooled_dim(config: Any) -> int:
-    return config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    cond = unet_inputs(config, time_ids_of(config), 2, n, n, rand)
+    if cond["added_cond_kwargs"]:
+        cond["added_cond_kwargs"]["time_ids"] = torch.tensor([[size, size, 0, 0, size, size]] * 2, dtype=torch.bfloat16)
+    return (cond.pop("sample"), torch.tensor(500.0)), cond
 
 
 def _caller(unet: torch.nn.Module, backend: str):

@@ -9,24 +9,28 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ssdxl.models.families import time_ids_of, unet_inputs
+
 
 def unet_flops(
-    config: dict[str, Any], height: int, width: int, *, batch: int = 2, time_ids: int = 6, vae_scale: int = 8
+    config: dict[str, Any], height: int, width: int, *, batch: int = 2, time_ids: int | None = None, vae_scale: int = 8
 ) -> int:
     """FLOPs of one UNet call on ``batch`` latents for a ``height`` x ``width`` image (batch 2 = guided).
 
-    ``time_ids`` is 6 for base models and 5 for a refiner (aesthetic score instead of target size).
+    ``time_ids``: the family's micro-conditioning count (``Family.time_ids``); None reads a base model's from the
+    config (6 with ``text_time`` conditioning, else 0).
     """
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(config).to(torch.bfloat16)
-    meta = {"device": "meta", "dtype": torch.bfloat16}
-    pooled = config["projection_class_embeddings_input_dim"] - time_ids * config["addition_time_embed_dim"]
-    sample = torch.empty(batch, config["in_channels"], height // vae_scale, width // vae_scale, **meta)
-    added = {"text_embeds": torch.empty(batch, pooled, **meta), "time_ids": torch.empty(batch, time_ids, **meta)}
-    context = torch.empty(batch, 77, config["cross_attention_dim"], **meta)
+    count = time_ids_of(config) if time_ids is None else time_ids
+
+    def empty(*shape: int) -> torch.Tensor:
+        return torch.empty(shape, device="meta", dtype=torch.bfloat16)
+
+    inputs = unet_inputs(config, count, batch, height // vae_scale, width // vae_scale, empty)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        unet(sample, torch.tensor(500.0), encoder_hidden_states=context, added_cond_kwargs=added)
+        unet(timestep=torch.tensor(500.0), **inputs)
     return counter.get_total_flops()

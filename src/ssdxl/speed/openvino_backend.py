@@ -27,6 +27,7 @@ import torch
 
 from ssdxl.errors import UserError
 from ssdxl.models.components import Components
+from ssdxl.models.families import time_ids_of, unet_inputs
 from ssdxl.paths import cache_dir
 from ssdxl.sampling.precision import cpu_has_fast_bf16
 
@@ -69,8 +70,9 @@ class _UNetGraph(torch.nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
-        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+    def forward(self, sample, timestep, encoder_hidden_states, *pooled_and_time_ids):
+        names = ("text_embeds", "time_ids")  # SDXL only
+        added = dict(zip(names, pooled_and_time_ids, strict=True)) if pooled_and_time_ids else None
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added)[0]
 
 
@@ -83,20 +85,16 @@ class _DecoderGraph(torch.nn.Module):
         return self.vae.decode(latents).sample
 
 
-def convert_unet(unet: torch.nn.Module, refiner: bool = False):
-    """The UNet as an OpenVINO model with dynamic shapes, traced in the module's dtype."""
+def convert_unet(unet: torch.nn.Module, time_ids: int | None = None):
+    """The UNet as an OpenVINO model with dynamic shapes, traced in the module's dtype. ``time_ids``: the family's
+    micro-conditioning count (None: a base model's, from the config)."""
     ov = _openvino()
     config, dtype = unet.config, unet.dtype
-    n_time_ids = 5 if refiner else 6
-    pooled = config.projection_class_embeddings_input_dim - n_time_ids * config.addition_time_embed_dim
     side = _latent_multiple(config)
-    inputs = (
-        torch.randn(2, config.in_channels, side, side, dtype=dtype),
-        torch.tensor([500.0, 500.0]),
-        torch.randn(2, 77, config.cross_attention_dim, dtype=dtype),
-        torch.randn(2, pooled, dtype=dtype),
-        torch.randn(2, n_time_ids, dtype=dtype),
-    )
+    count = time_ids_of(config) if time_ids is None else time_ids
+    kw = unet_inputs(config, count, 2, side, side, lambda *shape: torch.randn(shape, dtype=dtype))
+    added = list((kw["added_cond_kwargs"] or {}).values())
+    inputs = (kw["sample"], torch.tensor([500.0, 500.0]), kw["encoder_hidden_states"], *added)
     with torch.no_grad(), _contiguous(unet):
         return _float32_boundary(ov, ov.convert_model(_UNetGraph(unet), example_input=inputs, share_weights=False))
 
@@ -116,7 +114,7 @@ def export(components: Components, folder: Path, *, int8: bool = False) -> Path:
     ov = _openvino()
     folder.mkdir(parents=True, exist_ok=True)
     converters = (
-        (UNET_XML, lambda: convert_unet(components.unet, components.is_refiner)),
+        (UNET_XML, lambda: convert_unet(components.unet, components.family.time_ids)),
         (DECODER_XML, lambda: convert_decoder(components.vae)),
     )
     for name, convert in converters:
@@ -213,13 +211,8 @@ class OpenVINOUNet:
     def __call__(self, sample: torch.Tensor, timestep: Any, *, encoder_hidden_states, added_cond_kwargs, **_):
         batch = sample.shape[0]
         timesteps = np.full((batch,), float(timestep), dtype=np.float32)
-        out = self._run(
-            _array(sample),
-            timesteps,
-            _array(encoder_hidden_states),
-            _array(added_cond_kwargs["text_embeds"]),
-            _array(added_cond_kwargs["time_ids"]),
-        )
+        added = [added_cond_kwargs["text_embeds"], added_cond_kwargs["time_ids"]] if added_cond_kwargs else []
+        out = self._run(_array(sample), timesteps, _array(encoder_hidden_states), *map(_array, added))
         return (torch.from_numpy(out).to(sample.dtype),)
 
 

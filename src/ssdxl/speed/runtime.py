@@ -87,6 +87,10 @@ class Runtime:
             return "openvino"
         return "torch (the OpenVINO export has no LoRAs)" if patched and id(unet) in self.unets else "torch"
 
+    def forget_decoder(self, vae: torch.nn.Module) -> None:
+        """Stop using the exported decoder of ``vae`` (the model is getting another VAE, which decodes in PyTorch)."""
+        self.decoders.pop(id(vae), None)
+
     def decoder(self, vae: torch.nn.Module, latents: torch.Tensor) -> openvino_backend.OpenVINODecoder | None:
         """The OpenVINO decoder for ``vae``, unless the latents are large enough for PyTorch's tiled
         decode (which bounds memory; the OpenVINO graph decodes in one piece)."""

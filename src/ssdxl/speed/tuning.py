@@ -22,4 +22,10 @@ def apply(components: Components, device: torch.device) -> None:
     """Tune the modules of one loaded model in place for ``device``."""
     if device.type == "cpu":
         components.unet.to(memory_format=torch.channels_last)
-        components.vae.to(memory_format=torch.channels_last)
+    apply_vae(components.vae, device)
+
+
+def apply_vae(vae: torch.nn.Module, device: torch.device) -> None:
+    """Tune a VAE in place for ``device`` (also one swapped in after the model was tuned)."""
+    if device.type == "cpu":
+        vae.to(memory_format=torch.channels_last)

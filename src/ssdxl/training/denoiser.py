@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from ssdxl.conditioning.prompt import TOKENIZERS, tower_states
 from ssdxl.models.components import Components
+from ssdxl.models.vae import to_unet
 from ssdxl.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from ssdxl.training.config import TrainConfig
 from ssdxl.training.data import Batch, BucketBatches, open_source
@@ -68,10 +69,10 @@ def train_denoiser(cfg: TrainConfig, parts: Components, buckets: list[tuple[int,
     # tiny models on CPU (plain attention: SDPA's backward costs ~1.5x more at this size).
     models = {name: getattr(parts, name) for name in TRAINED}
     parts.unet.set_attn_processor(AttnProcessor())
-    for tower in (parts.text_encoder, parts.text_encoder_2):
-        tower.set_attn_implementation("eager")
+    for tower in parts.family.towers:
+        getattr(parts, tower).set_attn_implementation("eager")
     parts.vae.requires_grad_(False).eval()
-    text = TextConditioner(parts.tokenizer, parts.tokenizer_2, parts.text_encoder, parts.text_encoder_2)
+    text = TextConditioner(parts)
     noise = NoiseSchedule.from_config(parts.scheduler_config)
     ema = EMA(models, cfg.ema_decay)
 
@@ -137,7 +138,7 @@ def denoising_loss(
     plus the contrastive-caption hinge (:func:`contrast_hinge`) when ``cfg.contrast_weight`` is set."""
     n = len(batch.captions)
     with torch.no_grad(), autocast(cfg.bf16):
-        latents = vae.encode(batch.pixels).latent_dist.sample().float() * vae.config.scaling_factor
+        latents = to_unet(vae, vae.encode(batch.pixels).latent_dist.sample().float())
     eps = torch.randn_like(latents)
     t = torch.randint(0, noise.steps, (n,))
     keep = caption_keep_mask(n, cfg.caption_dropout)
@@ -211,62 +212,58 @@ class NoiseSchedule:
 
 
 class TextConditioner:
-    """Captions -> (prompt_embeds, pooled) exactly as ``StableDiffusionXLPipeline.encode_prompt`` does.
+    """Captions -> (prompt_embeds, pooled or None) exactly as the family's diffusers pipeline encodes a prompt that
+    fits in 77 tokens (``StableDiffusionXLPipeline`` / ``StableDiffusionPipeline.encode_prompt``).
 
     Token ids are cached per caption: a synthetic world repeats captions, and BPE is slow.
     """
 
-    def __init__(
-        self,
-        tokenizer: CLIPTokenizer,
-        tokenizer_2: CLIPTokenizer,
-        text_encoder: CLIPTextModel,
-        text_encoder_2: CLIPTextModelWithProjection,
-    ) -> None:
-        self.pairs = ((tokenizer, text_encoder), (tokenizer_2, text_encoder_2))
-        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    def __init__(self, parts: Components) -> None:
+        self.family = parts.family
+        self.pairs = tuple((getattr(parts, TOKENIZERS[slot]), getattr(parts, slot)) for slot in self.family.towers)
+        self.cache: dict[str, tuple[torch.Tensor, ...]] = {}
 
-    def ids(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def ids(self, caption: str) -> tuple[torch.Tensor, ...]:
         if caption not in self.cache:
-            ids = [
+            self.cache[caption] = tuple(
                 tok(caption, padding="max_length", max_length=tok.model_max_length, truncation=True,
                     return_tensors="pt").input_ids[0]
                 for tok, _ in self.pairs
-            ]  # fmt: skip
-            self.cache[caption] = (ids[0], ids[1])
+            )  # fmt: skip
         return self.cache[caption]
 
-    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt_embeds (B, 77, hidden 1 + hidden 2), pooled ``text_embeds`` (B, projection 2))."""
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompt_embeds (B, 77, the towers' hidden widths summed), pooled ``text_embeds`` (B, P) or None)."""
         ids = [self.ids(c) for c in captions]
         hidden = []
+        pooled = None
         for slot, (_, encoder) in enumerate(self.pairs):
-            out = encoder(torch.stack([i[slot] for i in ids]), output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])
-        return torch.cat(hidden, dim=-1), out.text_embeds
+            states, pooled = tower_states(encoder, torch.stack([i[slot] for i in ids]), self.family)
+            hidden.append(states)
+        return torch.cat(hidden, dim=-1), pooled
 
     def conditioning(
         self, captions: list[str], time_ids: torch.Tensor, keep: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The UNet's ``encoder_hidden_states`` and ``added_cond_kwargs``; rows with ``keep`` 0 get
-        all-zero text conditioning (size conditioning stays, as in the pipeline's negative branch)."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """The UNet's ``encoder_hidden_states`` and ``added_cond_kwargs`` (None for SD 1.x / 2.x); rows with ``keep``
+        0 get all-zero text conditioning (size conditioning stays, as in the SDXL pipeline's negative branch)."""
         prompt_embeds, pooled = self(captions)
         prompt_embeds = prompt_embeds * keep[:, None, None]
-        pooled = pooled * keep[:, None]
-        return prompt_embeds, {"text_embeds": pooled, "time_ids": time_ids}
+        if pooled is None:
+            return prompt_embeds, None
+        return prompt_embeds, {"text_embeds": pooled * keep[:, None], "time_ids": time_ids}
 
 
 class DeviceTextConditioner(TextConditioner):
     """The trainer's conditioner (token ids cached per caption), with the ids kept on the towers' device."""
 
     def __init__(self, parts: Components, device: torch.device) -> None:
-        super().__init__(parts.tokenizer, parts.tokenizer_2, parts.text_encoder, parts.text_encoder_2)
+        super().__init__(parts)
         self.device = device
 
-    def ids(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def ids(self, caption: str) -> tuple[torch.Tensor, ...]:
         if caption not in self.cache:
-            first, second = super().ids(caption)
-            self.cache[caption] = (first.to(self.device), second.to(self.device))
+            self.cache[caption] = tuple(ids.to(self.device) for ids in super().ids(caption))
         return self.cache[caption]
 
 

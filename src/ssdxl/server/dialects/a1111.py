@@ -10,7 +10,8 @@ have (face restoration, tiling, scripts, other always-on scripts, a hires pass w
 or prompt) are refused with a 422 naming the field instead of being silently skipped. The model is
 chosen per key with ``POST /sdapi/v1/options {"sd_model_checkpoint": NAME}`` or per request with
 ``override_settings``. LoRAs are called as in A1111, with ``<lora:name:weight>`` in the prompt, and
-listed by ``GET /sdapi/v1/loras``; embeddings by writing their name (``GET /sdapi/v1/embeddings``).
+listed by ``GET /sdapi/v1/loras``; embeddings by writing their name (``GET /sdapi/v1/embeddings``); saved prompt
+styles by name in ``styles`` (``GET /sdapi/v1/prompt-styles``: the built-in ones and ``--styles-file`` ones).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from PIL import ImageFilter
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from ssdxl.errors import UserError
+from ssdxl.sampling.limits import MAX_CLIP_SKIP
 from ssdxl.sampling.request import GenerationRequest, Hires
 from ssdxl.sampling.schedulers import SAMPLERS, resolve_scheduler, scheduler_names
 from ssdxl.server.adapters import embedding_facts, lora_facts
@@ -48,6 +50,7 @@ from ssdxl.server.schemas import (
 )
 from ssdxl.server.service import JobService
 from ssdxl.server.store import QUEUED, RUNNING
+from ssdxl.server.styles import accept_styles, style_list
 
 router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
 
@@ -58,7 +61,6 @@ UNSUPPORTED = {  # field -> the values that mean "not used" (what A1111's own de
     "tiling": (False, None),
     "script_name": NO_NAME,
     "subseed_strength": (0, None),
-    "styles": ([], None),
     "disable_extra_networks": (False, None),
     "infotext": (None, ""),
     "firstpass_image": (None, ""),
@@ -86,9 +88,11 @@ def _is_off(value: Any, offs: tuple[Any, ...]) -> bool:
 
 
 class OverrideSettings(BaseModel, extra="allow"):
-    """A1111 settings for one request: only ``sd_model_checkpoint`` (a model name) is used here."""
+    """A1111 settings for one request: ``sd_model_checkpoint`` (a model name) and ``CLIP_stop_at_last_layers`` (clip
+    skip) are used here."""
 
     sd_model_checkpoint: str | None = Field(None, description="a model name (GET /sdapi/v1/sd-models)")
+    CLIP_stop_at_last_layers: int | None = Field(None, ge=1, le=MAX_CLIP_SKIP, description="clip skip")
 
 
 class Txt2ImgRequest(BaseModel):
@@ -97,7 +101,9 @@ class Txt2ImgRequest(BaseModel):
 
     prompt: NegativePrompt = ""
     negative_prompt: NegativePrompt = ""
-    styles: list[str] | None = Field(None, description="saved styles: this server has none, only [] is accepted")
+    styles: list[str] | None = Field(
+        None, description="saved styles by name (GET /sdapi/v1/prompt-styles), wrapped around the prompts in order"
+    )
     seed: Seed = -1
     subseed: int | None = Field(None, description="used only with subseed_strength > 0, which is not supported")
     subseed_strength: float | None = Field(0.0, description="variation seeds: only 0 is accepted")
@@ -280,7 +286,10 @@ def to_generation_request(body: Txt2ImgRequest, registry: ModelRegistry) -> Gene
         samples=body.batch_size * body.n_iter,
         refiner=refiner,
         high_noise_fraction=switch,
+        styles=list(body.styles or []),
+        clip_skip=body.override_settings.CLIP_stop_at_last_layers or 1,
     )
+    request = accept_styles(request, registry.styles, "styles")
     if isinstance(body, Img2ImgRequest):
         request.init_image = decode_image("init_images", body.init_images[0])
         request.strength = 0.75 if body.denoising_strength is None else body.denoising_strength
@@ -329,7 +338,8 @@ async def _generate(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
         "negative_prompt": body.negative_prompt,
         "seed": images[0].seed,
         "all_seeds": [i.seed for i in images],
-        "all_prompts": [body.prompt] * len(images),
+        "all_prompts": [generation.prompt] * len(images),  # as A1111's: with the styles applied
+        "styles": generation.styles,
         "infotexts": [i.infotext for i in images],
         "sd_model_name": model,
     }
@@ -382,8 +392,11 @@ async def interrupt(request: Request) -> dict[str, Any]:
 
 @router.get("/sd-models")
 async def sd_models(request: Request) -> list[dict[str, Any]]:
-    names = request.app.state.service.registry.names()
-    return [{"title": n, "model_name": n, "hash": None, "sha256": None, "filename": n, "config": None} for n in names]
+    families = request.app.state.service.registry.families()  # an ssdxl addition to A1111's fields
+    return [
+        {"title": n, "model_name": n, "hash": None, "sha256": None, "filename": n, "config": None, "family": f}
+        for n, f in families.items()
+    ]
 
 
 @router.get("/samplers")
@@ -410,6 +423,12 @@ async def set_options(body: OptionsUpdate, request: Request) -> dict[str, Any]:
         name = service.registry.check(body.sd_model_checkpoint, field="sd_model_checkpoint")
         service.store.set_meta(_model_setting(request_key(request)), name)
     return {}
+
+
+@router.get("/prompt-styles")
+async def prompt_styles(request: Request) -> list[dict[str, str]]:
+    """The styles ``styles`` may name, in A1111's shape: name, prompt (``{prompt}`` marks the user's), negative."""
+    return style_list(request.app.state.service.registry.styles)
 
 
 A1111_LORA_METADATA = ("hash", "format", "rank", "parts", "base_model", "few_step", "error")

@@ -22,15 +22,20 @@ from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ssdxl.sampling.engine import MAX_SEED
+from ssdxl.sampling.limits import (
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_STEPS,
+    check_side,
+    parse_size,
+)
 from ssdxl.sampling.request import GenerationRequest
 from ssdxl.server.adapters import parse_loras
 from ssdxl.server.auth import request_key
 from ssdxl.server.errors import FieldError
 from ssdxl.server.schemas import (
-    MAX_PROMPT_CHARS,
-    MAX_SAMPLES,
-    MAX_STEPS,
     Guidance,
     Loras,
     NegativePrompt,
@@ -40,7 +45,6 @@ from ssdxl.server.schemas import (
     Seed,
     Steps,
     decode_image,
-    parse_size,
 )
 from ssdxl.server.service import JobService, StoredImage
 
@@ -80,8 +84,18 @@ class ImagesResponse(BaseModel):
     output_format: OutputFormat
 
 
+def _size(text: str | None) -> tuple[int | None, int | None]:
+    """OpenAI's ``size``: WIDTHxHEIGHT within the request limits; auto or left out: the model's own."""
+    if text in (None, "auto"):
+        return None, None
+    width, height = parse_size(text, "size")
+    for side in (width, height):
+        check_side("size", side)
+    return width, height
+
+
 def to_generation_request(body: ImageGenerationRequest) -> GenerationRequest:
-    width, height = parse_size("size", body.size) if body.size not in (None, "auto") else (None, None)
+    width, height = _size(body.size)
     return GenerationRequest(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
@@ -143,7 +157,7 @@ async def _upload(field: str, upload: UploadFile) -> Image.Image:
 @router.post("/edits", response_model=ImagesResponse, response_model_exclude_none=True)
 async def edits(
     request: Request,
-    prompt: Annotated[str, Form(min_length=1, max_length=MAX_PROMPT_CHARS)],
+    prompt: Annotated[str, Form(max_length=MAX_PROMPT_CHARS)],
     image: Annotated[UploadFile | None, File()] = None,
     image_list: Annotated[list[UploadFile] | None, File(alias="image[]")] = None,
     mask: Annotated[UploadFile | None, File()] = None,
@@ -155,7 +169,7 @@ async def edits(
     negative_prompt: Annotated[str, Form(max_length=MAX_PROMPT_CHARS)] = "",
     seed: Annotated[int, Form(ge=-1, le=MAX_SEED - MAX_SAMPLES, description="-1 picks a random seed")] = -1,
     steps: Annotated[int | None, Form(ge=1, le=MAX_STEPS)] = None,
-    guidance_scale: Annotated[float | None, Form(ge=0, le=50)] = None,
+    guidance_scale: Annotated[float | None, Form(ge=0, le=MAX_GUIDANCE)] = None,
     scheduler: Annotated[str | None, Form(description="e.g. Euler, 'DPM++ 2M Karras'")] = None,
     prompt_syntax: Annotated[PromptSyntax, Form()] = "a1111",
 ) -> ImagesResponse:

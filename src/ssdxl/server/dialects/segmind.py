@@ -4,7 +4,9 @@ The seeds' client code posts Segmind's fields (numbers often as strings) and ope
 ``response.content`` with PIL; with ``"base64": true`` the answer is ``{"image": <base64>}``.
 ``refiner`` is honoured when the model was registered with one (``--refiner NAME=PATH``) and
 otherwise ignored, as SDXL clients send it by default; ``image`` + ``strength`` make it img2img.
-ssdxl adds ``loras`` and ``prompt_syntax``; ``<lora:name:weight>`` in the prompt works too.
+ssdxl adds ``loras`` and ``prompt_syntax``; ``<lora:name:weight>`` in the prompt works too. ``style`` names one
+prompt style (``GET /v2/styles``: Segmind's names such as ``anime`` or ``cinematic`` are built in); ``base``,
+``none`` or empty is none.
 
 ``POST /v1/segmind-vega-rt-v1`` is Segmind's Vega RT (Vega with its LCM LoRA) with that API's own
 fields and 4-step default. It is served when the server has a model of that name, e.g.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -42,11 +44,13 @@ from ssdxl.server.schemas import (
     decode_image,
 )
 from ssdxl.server.service import JobService, StoredImage
+from ssdxl.server.styles import accept_styles
 
 router = APIRouter(tags=["Segmind"])
 
 VEGA_RT = "segmind-vega-rt-v1"
 VEGA_RT_STEPS = 4  # Segmind's default and minimum for Vega RT; an LCM runs without CFG
+NO_STYLE = ("base", "none", "")  # what Segmind clients send for no style
 
 
 class SegmindRequest(BaseModel):
@@ -60,7 +64,7 @@ class SegmindRequest(BaseModel):
     img_width: Side | None = None
     img_height: Side | None = None
     base64: bool = False
-    style: Literal["base"] = Field("base", description="style presets are not available; only 'base'")
+    style: str = Field("base", description="a prompt style by name (GET /v2/styles); base, none or empty: none")
     refiner: bool = False
     high_noise_fraction: Fraction = 0.8
     strength: Strength | None = Field(None, description="img2img strength, used with image")
@@ -99,6 +103,7 @@ def to_generation_request(body: SegmindRequest, *, refiner_available: bool) -> G
         high_noise_fraction=body.high_noise_fraction,
         loras=parse_loras(body.loras),
         prompt_syntax=body.prompt_syntax,
+        styles=[] if body.style.strip().lower() in NO_STYLE else [body.style.strip()],
     )
 
 
@@ -144,6 +149,7 @@ async def generate(model: str, body: SegmindRequest, request: Request) -> Respon
     service: JobService = request.app.state.service
     model = service.registry.check(model)
     generation = to_generation_request(body, refiner_available=service.registry.has_refiner(model))
+    generation = accept_styles(generation, service.registry.styles, "style")
     images = await service.run(generation, model=model, caller=request_key(request))
     return _answer(images, base64_json=body.base64)
 

@@ -26,8 +26,24 @@ function numberOrNull(id) {
 
 async function loadModels() {
   const info = await api("/v2/models");
-  for (const name of info.models) $("model").add(new Option(name, name, false, name === info.default));
+  for (const name of info.models) {
+    const family = (info.families || {})[name];
+    $("model").add(new Option(family ? `${name} (${family})` : name, name, false, name === info.default));
+  }
   for (const name of info.schedulers) $("scheduler").add(new Option(name, name));
+  const limits = info.limits; // the server's request limits: the inputs refuse what it would
+  for (const id of ["width", "height"]) Object.assign($(id), { min: limits.min_side, max: limits.max_side });
+  $("steps").max = $("hires-steps").max = limits.max_steps;
+  $("prompt").maxLength = $("negative").maxLength = limits.max_prompt_chars;
+}
+
+// Prompt styles: each option's tooltip shows the template the prompt goes into.
+async function loadStyles() {
+  for (const style of await api("/v2/styles")) {
+    const option = new Option(style.name, style.name);
+    option.title = style.negative_prompt ? `${style.prompt}\nnegative: ${style.negative_prompt}` : style.prompt;
+    $("style").add(option);
+  }
 }
 
 async function loadAdapters() {
@@ -241,6 +257,7 @@ async function generate(event) {
     guidance_scale: numberOrNull("guidance"),
     seed: numberOrNull("seed") ?? -1,
     loras: chosenLoras(),
+    styles: $("style").value ? [$("style").value] : [],
   };
   try {
     const body = { ...fields, ...(await toolFields()) };
@@ -266,4 +283,6 @@ $("lora-add").addEventListener("click", () => addLora($("lora-choice").value));
 for (const id of ["control-scale", "ip-scale"]) {
   $(id).addEventListener("input", () => ($(`${id}-value`).value = $(id).value));
 }
-Promise.all([loadModels(), loadAdapters(), loadTools(), loadGallery()]).catch((error) => showError(error.message));
+Promise.all([loadModels(), loadStyles(), loadAdapters(), loadTools(), loadGallery()]).catch((error) =>
+  showError(error.message)
+);
