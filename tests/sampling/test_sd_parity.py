@@ -76,8 +76,10 @@ def test_clip_skip_reads_an_earlier_layer_normed_as_diffusers_does(engines):
     skipped = ours(engine, "a red circle", clip_skip=2)
     assert np.abs(skipped - reference).max() <= 1
     assert not np.array_equal(skipped, ours(engine, "a red circle"))
-    with pytest.raises(UserError, match="clip skip"):
+    with pytest.raises(UserError, match="clip_skip: must be between 1 and 12"):
         engine.resolve(GenerationRequest("a cat", clip_skip=13))
+    with pytest.raises(UserError, match="clip_skip: must be at most 3 for this model"):  # the tiny tower has 2 layers
+        engine.resolve(GenerationRequest("a cat", clip_skip=4))
 
 
 def test_img2img_matches_the_img2img_pipeline(engines):
