@@ -84,6 +84,19 @@ def start_thread_server(
     return ThreadServer(url, data_dir, app), stop
 
 
+def start_keyed_server(data_dir: Path, model_dir: Path, names=("alice", "bob")) -> tuple[ThreadServer, dict, callable]:
+    """A server whose store holds a key for each of ``names``: (server, {name: request headers}, stop)."""
+    from ssdxl.server.auth import KeyStore
+    from ssdxl.server.config import ServerConfig
+    from ssdxl.server.storage import open_data
+
+    store, _ = open_data(ServerConfig(data_dir=data_dir))
+    keys = KeyStore(store.db)
+    tokens = {name: {"x-api-key": keys.add(name)[1]} for name in names}
+    handle, stop = start_thread_server(data_dir, model_dir)
+    return handle, tokens, stop
+
+
 def spawn_server(data_dir: Path, model_dir: Path, *args: str, log: Path) -> tuple[subprocess.Popen, str]:
     """A real `ssdxl serve` process; returns it and its URL once /health answers."""
     port = free_port()

@@ -19,6 +19,7 @@ from serverkit import (
     free_port,
     spawn_server,
     spawn_ssdxl,
+    start_keyed_server,
     start_thread_server,
     stop_process,
     wait_for_jobs,
@@ -201,11 +202,7 @@ def test_keys_stay_required_when_the_store_loses_them(tiny_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def keyed(tiny_dir, tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("failclosed-keyed")
-    store, _ = open_data(ServerConfig(data_dir=data_dir))
-    keys = KeyStore(store.db)
-    tokens = {name: {"x-api-key": keys.add(name)[1]} for name in ("alice", "bob")}
-    handle, stop = start_thread_server(data_dir, tiny_dir(MODEL))
+    handle, tokens, stop = start_keyed_server(tmp_path_factory.mktemp("failclosed-keyed"), tiny_dir(MODEL))
     yield handle, tokens
     stop()
 

@@ -8,6 +8,8 @@ import requests
 from PIL import Image
 from serverkit import MODEL, wait_for_jobs, wait_until
 
+from ssdxl.server import PREVIEW_EVERY
+
 
 def submit(server, **fields):
     body = {"prompt": "a green star", "width": 64, "height": 64, **fields}
@@ -28,7 +30,7 @@ def test_submit_then_follow_to_the_result(server):
 
 
 def test_events_stream_progress_with_previews_until_done(server):
-    job = submit(server, steps=4)
+    job = submit(server, steps=9)  # previews at steps 4, 8 and 9 (PREVIEW_EVERY), progress at every step
     events = []
     with requests.get(f"{server.url}/v2/jobs/{job['id']}/events", stream=True, timeout=60) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
@@ -40,7 +42,8 @@ def test_events_stream_progress_with_previews_until_done(server):
                 events.append((name, json.loads(line.removeprefix("data: "))))
     assert events[-1][0] == "done" and events[-1][1]["status"] == "succeeded"
     stepped = [data for name, data in events if name == "progress" and data["step"] > 0]
-    assert stepped and all(data["status"] == "running" and data["total"] == 4 for data in stepped)
+    assert stepped and all(data["status"] == "running" and data["total"] == 9 for data in stepped)
+    assert all((data["preview"] is not None) == (data["step"] >= PREVIEW_EVERY) for data in stepped)
     preview = Image.open(io.BytesIO(base64.b64decode(stepped[-1]["preview"].split(",", 1)[1])))
     assert preview.size == (8, 8)  # latent-sized: no VAE involved
 

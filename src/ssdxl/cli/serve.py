@@ -14,6 +14,7 @@ import typer
 
 from ssdxl.errors import UserError
 from ssdxl.sampling.limits import MAX_SAMPLES, MAX_SIDE, MAX_STEPS
+from ssdxl.server import PREVIEW_EVERY
 
 DataOption = Annotated[
     Path | None, typer.Option("--data", help="Job store and images folder (default ~/.local/share/ssdxl/server).")
@@ -54,6 +55,20 @@ ModelVaeOption = Annotated[
     typer.Option("--model-vae", help="NAME=PATH: the VAE (folder or file) model NAME decodes with; repeatable."),
 ]
 MaxBatchOption = Annotated[int, typer.Option("--max-batch", help="Images per UNet batch.")]
+PreviewEveryOption = Annotated[
+    int,
+    typer.Option(
+        "--preview-every", min=0, help="Steps between a running job's latent previews (and its last step); 0: never."
+    ),
+]
+MaxLoadedOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-loaded-models",
+        min=1,
+        help="Models kept loaded at once; the least recently used is unloaded first (default: no limit).",
+    ),
+]
 ModelLoraOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -116,6 +131,8 @@ def serve(
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for the engine.")] = None,
     max_batch: MaxBatchOption = MAX_SAMPLES,
+    preview_every: PreviewEveryOption = PREVIEW_EVERY,
+    max_loaded_models: MaxLoadedOption = None,
     max_side: Annotated[
         int, typer.Option("--max-side", help="Largest image side a request may ask for (only lowers the limit).")
     ] = MAX_SIDE,
@@ -163,6 +180,8 @@ def serve(
         dtype=dtype,
         threads=threads,
         max_batch=max_batch,
+        preview_every=preview_every,
+        max_loaded_models=max_loaded_models,
         limits=RequestLimits(max_side, max_steps, max_samples),
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         public_url=public_url,
@@ -189,6 +208,8 @@ def worker(
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads")] = None,
     max_batch: MaxBatchOption = MAX_SAMPLES,
+    preview_every: PreviewEveryOption = PREVIEW_EVERY,
+    max_loaded_models: MaxLoadedOption = None,
     burst: Annotated[bool, typer.Option("--burst", help="Exit when the queue is empty.")] = False,
 ) -> None:
     """Run jobs for a server started with --redis; --data must be the server's (shared) folder, and --model,
@@ -214,10 +235,13 @@ def worker(
         dtype=dtype,
         threads=threads,
         max_batch=max_batch,
+        max_loaded_models=max_loaded_models,
     )
     store, storage = open_data(config)
     registry = ModelRegistry.from_config(config)
-    runner = Runner(store, storage, registry, max_batch=max_batch, lease=config.lease, threads=threads)
+    runner = Runner(
+        store, storage, registry, max_batch=max_batch, lease=config.lease, threads=threads, preview_every=preview_every
+    )
     typer.echo(f"ssdxl worker {runner.worker} serving {', '.join(registry.names())}", err=True)
     run_worker(runner, redis, burst=burst)
 

@@ -13,7 +13,6 @@ in a thread (``ssdxl.speed.timing.PeakMemory``) while that row's images ran, mod
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 
 from ssdxl.compare.plan import Plan
 from ssdxl.sampling.engine import Engine
-from ssdxl.sampling.precision import dtype_name
+from ssdxl.sampling.precision import dtype_name, release_memory
 from ssdxl.sampling.request import GeneratedImage
 from ssdxl.speed.timing import PeakMemory
 
@@ -96,9 +95,7 @@ def run_comparison(
             groups.append(GroupResult(spec.label, vary, cells, *timing, *parameters, adherence=share))
             say(f"{spec.label} {_describe(vary)}{groups[-1].seconds_per_image:.3f} s/image")
         del engine  # the only reference: its weights go before the next model loads
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_memory()
     return Comparison(plan, [images[i] for i in range(len(plan.cells))], groups, *placement)
 
 

@@ -11,3 +11,5 @@ Where things are:
   hands jobs to RQ workers on Redis.
 - ``auth.py`` (API keys, rate limits) and ``limits.py`` (request body size) guard the edge.
 """
+
+PREVIEW_EVERY = 4  # steps between a running job's latent previews (and its last step); here so the CLI stays light

@@ -166,19 +166,19 @@ def _library(request: Request) -> AdapterLibrary:
 
 
 @router.get("/v2/loras")
-async def loras(request: Request) -> list[dict[str, Any]]:
+def loras(request: Request) -> list[dict[str, Any]]:
     """LoRAs requests may name (``loras`` field or ``<lora:name:weight>`` in the prompt)."""
     return lora_facts(_library(request))
 
 
 @router.get("/v2/embeddings")
-async def embeddings(request: Request) -> list[dict[str, Any]]:
+def embeddings(request: Request) -> list[dict[str, Any]]:
     """Embeddings a prompt uses by writing their name (or ``embedding:name``)."""
     return embedding_facts(_library(request))
 
 
 @router.post("/v2/adapters/refresh")
-async def refresh(request: Request) -> dict[str, list[str]]:
+def refresh(request: Request) -> dict[str, list[str]]:
     """Re-read the LoRA and embedding folders (files added or removed since start-up)."""
     registry = request.app.state.service.registry
     registry.refresh_adapters()

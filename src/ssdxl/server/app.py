@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +28,7 @@ from ssdxl.server.dialects import a1111, controlnet, extras, openai, segmind
 from ssdxl.server.dispatch import LocalDispatch, RedisDispatch
 from ssdxl.server.errors import error_response
 from ssdxl.server.limits import BodySizeLimit, BodyTooLarge
+from ssdxl.server.notify import JobNotifier
 from ssdxl.server.registry import ModelRegistry
 from ssdxl.server.runner import Runner
 from ssdxl.server.service import JobService
@@ -38,18 +40,33 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 JOBS_PATH = "/v2/jobs"
 
 DESCRIPTION = """Text-to-image for the SDXL family. Three APIs over one job queue: Segmind
-(`POST /v1/{model}`), AUTOMATIC1111 (`/sdapi/v1/...`, with sd-webui-controlnet's `/controlnet/...`) and
+(`POST /v1/{model}`; async: `POST /v2/{model}`, then `GET /v2/requests/{id}/status`), AUTOMATIC1111
+(`/sdapi/v1/...`, with sd-webui-controlnet's `/controlnet/...`) and
 OpenAI (`/v1/images/...`), plus the native asynchronous jobs API (`/v2/jobs`). See docs/server.md."""
 
 
+# Segmind's POST /v2/{model} comes last: the first match wins, so /v2/jobs and the other native routes stay theirs.
+MODULES = (segmind, a1111, extras, controlnet, openai, jobs_api, adapters, controls, styles, web)
+ROUTERS = (*(module.router for module in MODULES), segmind.async_router)
+
+
 def create_app(config: ServerConfig) -> FastAPI:
+    segmind.check_model_names(config.models, (route for router in ROUTERS for route in router.routes))
     store, storage = open_data(config)
     registry = ModelRegistry.from_config(config)
+    notifier = JobNotifier()  # the in-process runner wakes waiters through it; workers' jobs are polled for
     if config.redis_url:
         dispatch = RedisDispatch(store, config.redis_url, poll=config.poll)
     else:
         runner = Runner(
-            store, storage, registry, max_batch=config.max_batch, lease=config.lease, threads=config.threads
+            store,
+            storage,
+            registry,
+            max_batch=config.max_batch,
+            lease=config.lease,
+            threads=config.threads,
+            preview_every=config.preview_every,
+            notifier=notifier,
         )
         dispatch = LocalDispatch(store, runner, poll=config.poll, batch_wait=config.batch_wait)
 
@@ -68,11 +85,10 @@ def create_app(config: ServerConfig) -> FastAPI:
         dispatch.stop()  # and checkpoints the WAL into ssdxl.db
 
     app = FastAPI(title="ssdxl", version=__version__, description=DESCRIPTION, lifespan=lifespan)
-    app.state.service = service = JobService(store, storage, registry, dispatch, config)
+    app.state.service = service = JobService(store, storage, registry, dispatch, config, notifier)
     errors.install(app)
-    routers = (segmind, a1111, extras, controlnet, openai, jobs_api, adapters, controls, styles, web)
-    for module in routers:
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.add_middleware(IdempotencyMiddleware, service=service)
     app.add_middleware(AuthMiddleware, keys=keys, storage=storage)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
@@ -108,14 +124,14 @@ class IdempotencyMiddleware:
         owner = caller.id if caller else None
         digest = hashlib.sha256(scope["path"].encode() + b"?" + scope.get("query_string", b"") + b"\n" + body)
         fingerprint = digest.hexdigest()
-        found = self.service.store.idempotent(owner, key)
+        found = await run_in_threadpool(self.service.store.idempotent, owner, key)
         if found is not None:
             job, first = found
             if first != fingerprint:
                 message = f"Idempotency-Key: {key!r} was already used for a different request"
                 return await _refuse(422, message, scope, receive, send)
             if scope["path"] == JOBS_PATH:
-                view = self.service.view(job, request).model_dump(mode="json")
+                view = (await run_in_threadpool(self.service.view, job, request)).model_dump(mode="json")
                 headers = {"Idempotent-Replayed": "true"}
                 return await JSONResponse(view, status_code=200, headers=headers)(scope, receive, send)
         replayed = False

@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -194,9 +195,7 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["path"] == "/health":
             return await self.app(scope, receive, send)
         request = Request(scope)
-        keyed = self.keys.any() or self.keys.required()
-        token = _token(request) if keyed else None
-        key = self.keys.lookup(token) if token else None
+        keyed, key = await run_in_threadpool(self._caller, request)
         if key is None:
             link = self._link_problem(request)
             if link:  # a link was shown and is not good: refused, key or no key on this server
@@ -207,6 +206,12 @@ class AuthMiddleware:
                 return await error_response(401, message, headers=headers)(scope, receive, send)
         scope.setdefault("state", {})["api_key"] = key
         await self.app(scope, receive, send)
+
+    def _caller(self, request: Request) -> tuple[bool, ApiKey | None]:
+        """(whether this server wants keys, the request's valid key): store reads, so run off the event loop."""
+        keyed = self.keys.any() or self.keys.required()
+        token = _token(request) if keyed else None
+        return keyed, self.keys.lookup(token) if token else None
 
     def _link_problem(self, request: Request) -> str | None:
         """For a result file with link parameters: why the link is refused, or "" when it is good; else None."""

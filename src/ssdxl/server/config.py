@@ -10,6 +10,7 @@ from pathlib import Path
 from ssdxl.adapters.library import split_weight
 from ssdxl.errors import UserError
 from ssdxl.sampling.limits import LIMITS, MAX_SAMPLES, RequestLimits
+from ssdxl.server import PREVIEW_EVERY
 
 
 def default_data_dir() -> Path:
@@ -70,5 +71,7 @@ class ServerConfig:
     public_url: str | None = None  # base of links handed to clients; default: the request's own
     lease: float = 60.0  # seconds a claimed job stays claimed without a heartbeat
     max_attempts: int = 3  # runs of one job cut short by crashes before it is failed
-    poll: float = 1.0  # seconds between checks for jobs from other processes and expired leases
+    poll: float = 1.0  # seconds between checks for jobs from other processes and expired leases (waiters' fallback)
+    preview_every: int = PREVIEW_EVERY  # steps between latent previews (and the last step); 0: none
+    max_loaded_models: int | None = None  # engines kept loaded at once, least recently used unloaded; None: all
     reset_store: bool = False  # a damaged job store is moved aside and an empty one started (else: refuse to start)

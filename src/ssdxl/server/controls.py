@@ -237,6 +237,6 @@ async def ip_adapters(request: Request) -> list[dict[str, Any]]:
 
 
 @router.get("/v2/upscalers")
-async def upscalers(request: Request) -> dict[str, Any]:
+def upscalers(request: Request) -> dict[str, Any]:
     """What ``hires.upscaler`` may name: a latent mode, or an upscaler (built-in filters, ``--upscaler-dir`` files)."""
     return {"latent_modes": list(LATENT_MODES), "upscalers": upscaler_records(_registry(request))}

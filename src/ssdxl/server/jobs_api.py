@@ -2,19 +2,22 @@
 
 ``POST /v2/jobs`` answers at once (202) with the job; ``GET /v2/jobs/{id}`` gives status, queue
 position, step progress and, when done, signed links to the images; ``GET /v2/jobs/{id}/events``
-streams the same as server-sent events with a latent preview per step; ``DELETE`` cancels (a
-running job stops at its next step). Also here: result files, the model list, ``/health``.
+streams the same as server-sent events with the latest latent preview, woken by the runner's progress (``service
+.notifier``) rather than polling; ``DELETE`` cancels (a running job stops at its next step). Also here: result files,
+the model list, ``/health``. Handlers that touch the store or images are plain functions: FastAPI runs them in its
+thread pool, off the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -33,7 +36,6 @@ from ssdxl.server.styles import accept_styles
 
 router = APIRouter(tags=["Jobs"])
 
-EVENT_POLL = 0.1  # seconds between looks at a followed job
 KEEPALIVE = 15.0  # seconds between comments that keep idle proxies from closing the stream
 
 
@@ -80,7 +82,7 @@ def _service(request: Request) -> JobService:
 
 
 @router.post("/v2/jobs", status_code=202, response_model=JobView)
-async def submit(body: JobRequest, request: Request) -> JobView:
+def submit(body: JobRequest, request: Request) -> JobView:
     service = _service(request)
     generation = to_generation_request(body, service.registry)
     job = service.submit(generation, model=body.model, caller=request_key(request))
@@ -88,7 +90,7 @@ async def submit(body: JobRequest, request: Request) -> JobView:
 
 
 @router.get("/v2/jobs", response_model=list[JobView])
-async def recent(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[JobView]:
+def recent(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[JobView]:
     """The caller's newest jobs first (the web page's gallery)."""
     service = _service(request)
     caller = request_key(request)
@@ -96,45 +98,51 @@ async def recent(request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 
 
 
 @router.get("/v2/jobs/{job_id}", response_model=JobView)
-async def status(job_id: str, request: Request) -> JobView:
+def status(job_id: str, request: Request) -> JobView:
     service = _service(request)
     return service.view(service.get(job_id, request_key(request)), request)
 
 
 @router.delete("/v2/jobs/{job_id}", response_model=JobView)
-async def cancel(job_id: str, request: Request) -> JobView:
+def cancel(job_id: str, request: Request) -> JobView:
     service = _service(request)
     service.get(job_id, request_key(request))
-    return service.view(service.store.cancel(job_id), request)
+    return service.view(service.cancel(job_id), request)
 
 
 @router.get("/v2/jobs/{job_id}/events", response_class=StreamingResponse)
 async def events(job_id: str, request: Request) -> StreamingResponse:
     """Server-sent events: ``progress`` (status, position, step, preview data URL) until ``done`` (the job)."""
     service = _service(request)
-    job = service.get(job_id, request_key(request))
-    return StreamingResponse(_follow(service, job, request), media_type="text/event-stream")
+    job = await anyio.to_thread.run_sync(service.get, job_id, request_key(request))
+    return StreamingResponse(_follow(service, job.id, request), media_type="text/event-stream")
 
 
-async def _follow(service: JobService, job: Job, request: Request) -> AsyncIterator[str]:
+async def _follow(service: JobService, job_id: str, request: Request) -> AsyncIterator[str]:
     last = None
-    quiet = 0.0
-    while not await request.is_disconnected():
-        if job.done:
-            yield _event("done", service.view(job, request).model_dump())
-            return
-        state = (job.status, service.store.position(job), job.step, job.total)
-        if state != last:
-            preview = f"data:image/png;base64,{base64.b64encode(job.preview).decode()}" if job.preview else None
-            names = ("status", "position", "step", "total")
-            yield _event("progress", {"id": job.id, **dict(zip(names, state, strict=True)), "preview": preview})
-            last, quiet = state, 0.0
-        elif quiet >= KEEPALIVE:
-            yield ": keep-alive\n\n"
-            quiet = 0.0
-        await asyncio.sleep(EVENT_POLL)
-        quiet += EVENT_POLL
-        job = service.store.get(job.id)
+    quiet_since = time.monotonic()
+    with service.notifier.watch(job_id) as watch:  # before reading: a change after the read still wakes it
+        while not await request.is_disconnected():
+            job, position = await anyio.to_thread.run_sync(_state, service, job_id)
+            if job.done:
+                yield _event("done", (await anyio.to_thread.run_sync(service.view, job, request)).model_dump())
+                return
+            state = (job.status, position, job.step, job.total)
+            if state != last:
+                preview = f"data:image/png;base64,{base64.b64encode(job.preview).decode()}" if job.preview else None
+                names = ("status", "position", "step", "total")
+                yield _event("progress", {"id": job.id, **dict(zip(names, state, strict=True)), "preview": preview})
+                last, quiet_since = state, time.monotonic()
+            elif time.monotonic() - quiet_since >= KEEPALIVE:
+                yield ": keep-alive\n\n"
+                quiet_since = time.monotonic()
+            await watch.wait(min(service.config.poll, KEEPALIVE))
+
+
+def _state(service: JobService, job_id: str) -> tuple[Job, int]:
+    """A followed job and its queue position, read together in one trip to the thread pool."""
+    job = service.store.get(job_id)
+    return job, service.store.position(job)
 
 
 def _event(name: str, data: dict) -> str:
@@ -142,7 +150,7 @@ def _event(name: str, data: dict) -> str:
 
 
 @router.get("/v2/files/{name}", response_class=FileResponse)
-async def file(name: str, request: Request) -> FileResponse:
+def file(name: str, request: Request) -> FileResponse:
     """A stored image: with the caller's key (its own jobs), or with a link's valid signature."""
     service = _service(request)
     try:
@@ -160,7 +168,7 @@ async def file(name: str, request: Request) -> FileResponse:
 
 
 @router.get("/v2/models", response_model=ModelsView)
-async def models(request: Request) -> ModelsView:
+def models(request: Request) -> ModelsView:
     registry, limits = _service(request).registry, _service(request).config.limits
     return ModelsView(
         models=registry.names(),

@@ -1,10 +1,11 @@
 """The models a server may use, by name: only names given at start-up (and the built-in models).
 
 Clients pick models by these names; a name never becomes a path, so a request cannot make the
-server read an arbitrary file. Engines load on first use and stay loaded, one per source (and
-refiner): several names for one model share its engine. A name may carry LoRAs of its own
-(``--model-lora NAME=PATH[:WEIGHT]``, e.g. Segmind's Vega RT: the Vega model plus its LCM LoRA),
-which every job for that name gets. ``adapters`` is the server's view of the LoRA and embedding
+server read an arbitrary file. Engines load on first use, one per source (and refiner): several names
+for one model share its engine. They stay loaded, or with a budget (``max_loaded``, ``--max-loaded-models``) the
+least recently used engine is unloaded before another one loads; an engine a batch runs on (``using``) never is.
+A name may carry LoRAs of its own (``--model-lora NAME=PATH[:WEIGHT]``, e.g. Segmind's Vega RT: the Vega model plus
+its LCM LoRA), which every job for that name gets. ``adapters`` is the server's view of the LoRA and embedding
 folders, ``controls`` of the ControlNet folders, ``upscalers()`` of the upscaler folders and ``ip_adapters()`` of the
 IP-Adapter folders: names only, never paths. ``styles`` are the prompt styles requests may name (built-in and
 ``--styles-file``).
@@ -12,8 +13,11 @@ IP-Adapter folders: names only, never paths. ``styles`` are the prompt styles re
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +29,7 @@ from ssdxl.control.models import ControlLibrary
 from ssdxl.errors import UserError
 from ssdxl.models import builtin
 from ssdxl.models.peek import peek_family
+from ssdxl.sampling.precision import release_memory
 from ssdxl.server.errors import FieldError
 from ssdxl.upscale import BUILTIN_FILTERS, Upscaler
 from ssdxl.upscale.registry import model_files
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
     from ssdxl.sampling.engine import Engine
     from ssdxl.server.config import ServerConfig
 
+log = logging.getLogger("ssdxl.server")
+EngineKey = tuple[str, str | None, str | None]  # source, refiner, VAE: what one loaded engine is
 SAFE = ".safetensors"  # the only IP-Adapter files a server reads
 # OpenAI clients name OpenAI's models; they get the server's default model.
 OPENAI_MODEL_NAMES = {"dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"}
@@ -54,7 +61,11 @@ class ModelRegistry:
         ip_adapter_dirs: Iterable[Path] = (),
         styles_files: Iterable[Path] = (),
         vaes: dict[str, str] | None = None,
+        max_loaded: int | None = None,
     ):
+        if max_loaded is not None and max_loaded < 1:
+            raise UserError(f"--max-loaded-models must be at least 1, got {max_loaded}")
+        self.max_loaded = max_loaded  # None: every engine stays loaded
         self.sources = {**{name: name for name in builtin.names()}, **models}
         if not self.sources:
             raise UserError("no models to serve: pass --model NAME=PATH (e.g. --model ssd-1b=./ssd-1b)")
@@ -86,7 +97,8 @@ class ModelRegistry:
         self.ip_adapter_dirs = tuple(Path(d) for d in ip_adapter_dirs)
         self.ip_adapters()  # a missing folder stops start-up
         self.styles = load_styles(styles_files)  # a bad file stops start-up
-        self._engines: dict[tuple[str, str | None, str | None], Engine] = {}
+        self._engines: OrderedDict[EngineKey, Engine] = OrderedDict()  # least recently used first
+        self._in_use: Counter[EngineKey] = Counter()  # batches running on each engine
         self._lock = threading.Lock()
 
     @classmethod
@@ -104,6 +116,7 @@ class ModelRegistry:
             ip_adapter_dirs=config.ip_adapter_dirs,
             styles_files=config.styles_files,
             vaes=config.model_vaes,
+            max_loaded=config.max_loaded_models,
         )
 
     def names(self) -> list[str]:
@@ -162,25 +175,63 @@ class ModelRegistry:
 
     def engine(self, name: str) -> Engine:
         """The loaded engine for a registered name (loaded once per source and refiner; concurrent callers wait)."""
+        with self._lock:
+            return self._loaded(self._key(name))
+
+    @contextmanager
+    def using(self, name: str) -> Iterator[Engine]:
+        """The engine for ``name``, kept loaded while the block runs: a budget never unloads it mid-batch."""
+        key = self._key(name)
+        with self._lock:
+            engine = self._loaded(key)
+            self._in_use[key] += 1
+        try:
+            yield engine
+        finally:
+            with self._lock:
+                self._in_use[key] -= 1
+
+    def _key(self, name: str) -> EngineKey:
+        return self.sources[name], self.refiners.get(name), self.vaes.get(name)
+
+    def _loaded(self, key: EngineKey) -> Engine:
+        """The engine for ``key``, now the most recently used; loading it first makes room within the budget.
+        Called with the lock held."""
+        if key in self._engines:
+            self._engines.move_to_end(key)
+            return self._engines[key]
+        self._make_room()
         from ssdxl.sampling.engine import Engine
 
-        key = (self.sources[name], self.refiners.get(name), self.vaes.get(name))
-        with self._lock:
-            if key not in self._engines:
-                self._engines[key] = Engine.load(
-                    key[0],
-                    refiner=key[1],
-                    device=self.device,
-                    dtype=self.dtype,
-                    lora_dirs=self.lora_dirs,
-                    embedding_dirs=self.embedding_dirs,
-                    controlnet_dirs=self.controlnet_dirs,
-                    upscaler_dirs=self.upscaler_dirs,
-                    ip_adapter_dirs=self.ip_adapter_dirs,
-                    allow_paths=False,  # control models, IP-Adapters and upscalers by name only, as clients name them
-                    vae=key[2],
-                )
-            return self._engines[key]
+        self._engines[key] = Engine.load(
+            key[0],
+            refiner=key[1],
+            device=self.device,
+            dtype=self.dtype,
+            lora_dirs=self.lora_dirs,
+            embedding_dirs=self.embedding_dirs,
+            controlnet_dirs=self.controlnet_dirs,
+            upscaler_dirs=self.upscaler_dirs,
+            ip_adapter_dirs=self.ip_adapter_dirs,
+            allow_paths=False,  # control models, IP-Adapters and upscalers by name only, as clients name them
+            vae=key[2],
+        )
+        return self._engines[key]
+
+    def _make_room(self) -> None:
+        """Unload the least recently used engines no batch runs on until one more fits the budget, and free their
+        memory before the next one loads (its weights and theirs would not fit together)."""
+        if self.max_loaded is None:
+            return
+        idle = [key for key in self._engines if not self._in_use[key]]
+        unload = idle[: max(0, len(self._engines) + 1 - self.max_loaded)]
+        for key in unload:
+            del self._engines[key]
+            log.info("unloaded %s to stay within --max-loaded-models %d", key[0], self.max_loaded)
+        if unload:
+            release_memory()
+        if len(self._engines) >= self.max_loaded:
+            log.warning("%d models are in use: loading one more than --max-loaded-models", len(self._engines))
 
 
 def _check_model_loras(

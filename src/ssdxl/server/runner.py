@@ -2,7 +2,10 @@
 
 The same runner works inside the server (``dispatch.LocalDispatch``) and in ``ssdxl worker``
 processes; the store is its only contact with the rest of the system, so progress, previews and
-cancellation behave the same in both. While it works, a heartbeat thread renews its claims.
+cancellation behave the same in both. While it works, a heartbeat thread renews its claims. Progress (step of total)
+is recorded every step, but a latent preview is encoded only every ``preview_every`` steps and on a pass's last step
+(PNG encoding and a blob per job per step would cost more than a small model's step). Inside the server it also tells
+the service's ``notifier`` which jobs changed, so waiters wake at once.
 
 Preparing a job (``_prepare``) adds the LoRAs bound to its model name (``--model-lora``) and
 resolves it against the engine; whatever fails there (a LoRA or ControlNet made for another architecture, an
@@ -19,7 +22,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +32,9 @@ from ssdxl.errors import UserError
 from ssdxl.models.latent_preview import preview_png
 from ssdxl.sampling.engine import Engine
 from ssdxl.sampling.request import GenerationRequest
+from ssdxl.server import PREVIEW_EVERY
 from ssdxl.server.controls import check_hires_size
+from ssdxl.server.notify import JobNotifier
 from ssdxl.server.registry import ModelRegistry
 from ssdxl.server.storage import Storage
 from ssdxl.server.store import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, worker_id
@@ -57,12 +62,18 @@ class Runner:
         max_batch: int = 8,
         lease: float = 60.0,
         threads: int | None = None,
+        preview_every: int = PREVIEW_EVERY,
+        notifier: JobNotifier | None = None,
     ):
+        if preview_every < 0:
+            raise UserError(f"--preview-every must be 0 (no previews) or more, got {preview_every}")
         self.store = store
         self.storage = storage
         self.registry = registry
         self.max_batch = max_batch
         self.lease = lease
+        self.preview_every = preview_every
+        self.notifier = notifier or JobNotifier()  # a worker's: nobody in its process waits on jobs
         self.worker = worker_id(secrets.token_hex(4))
         if threads:
             torch.set_num_threads(threads)
@@ -80,16 +91,18 @@ class Runner:
         if not candidates:
             return False
         first = candidates[0]
-        try:
-            engine = self.registry.engine(first.model)
-            items = self._batch(engine, candidates)
-        except Exception as exc:  # the first job cannot even be prepared: it fails alone
-            self._fail_alone(first, exc)
-            return True
-        claimed = set(self.store.claim([item.job.id for item in items], self.worker, self.lease))
-        items = [_Item(self.store.get(item.job.id), item.request) for item in items if item.job.id in claimed]
-        if items:
-            self._run(engine, items)
+        with ExitStack() as stack:
+            try:  # loading the engine may unload another model, never one a batch runs on
+                engine = stack.enter_context(self.registry.using(first.model))
+                items = self._batch(engine, candidates)
+            except Exception as exc:  # the first job cannot even be prepared: it fails alone
+                self._fail_alone(first, exc)
+                return True
+            claimed = set(self.store.claim([item.job.id for item in items], self.worker, self.lease))
+            self.notifier.changed(claimed)
+            items = [_Item(self.store.get(item.job.id), item.request) for item in items if item.job.id in claimed]
+            if items:
+                self._run(engine, items)
         return True
 
     # ------------------------------------------------------------------ forming a batch
@@ -134,10 +147,10 @@ class Runner:
         if not self.store.claim([job.id], self.worker, self.lease):
             return
         if isinstance(exc, UserError):
-            self.store.finish(job.id, self.worker, FAILED, error=str(exc), error_kind="user")
+            self._finish(job.id, FAILED, error=str(exc), error_kind="user")
         else:
             log.exception("job %s could not be prepared", job.id)
-            self.store.finish(job.id, self.worker, FAILED, error=_describe(exc), error_kind="server")
+            self._finish(job.id, FAILED, error=_describe(exc), error_kind="server")
 
     # ------------------------------------------------------------------ running it
 
@@ -162,7 +175,7 @@ class Runner:
                 log.exception("job %s failed", items[0].job.id)
                 error, kind = _describe(exc), "server"
             for job_id in live:
-                self.store.finish(job_id, self.worker, FAILED, error=error, error_kind=kind)
+                self._finish(job_id, FAILED, error=error, error_kind=kind)
             return
         batch_size = sum(item.request.samples for item in items)
         for item, result in zip(items, results, strict=True):
@@ -175,21 +188,32 @@ class Runner:
                 "batch_size": batch_size,
                 "warnings": result.warnings,
             }
-            if not self.store.finish(item.job.id, self.worker, SUCCEEDED, result=outcome):
+            if not self._finish(item.job.id, SUCCEEDED, result=outcome):
                 self.storage.remove([image["file"] for image in saved])  # the claim was lost: not ours to finish
 
+    def _finish(self, job_id: str, status: str, **outcome) -> bool:
+        """Record a job's outcome (False: the claim was lost) and wake its waiters in this process."""
+        finished = self.store.finish(job_id, self.worker, status, **outcome)
+        self.notifier.changed([job_id])
+        return finished
+
     def _on_step(self, live: dict[str, int], engine: Engine):
-        """The engine's step callback: stop cancelled jobs, then record progress and a preview per job."""
+        """The engine's step callback: stop cancelled jobs, then record progress per job, and a preview when one is
+        due (every ``preview_every`` steps and the last; a job keeps its latest preview in between)."""
         fmt = engine.base.components.latent_format
 
         def on_step(step: int, total: int, latents: torch.Tensor) -> None:
             for job_id in self.store.cancel_requested(list(live)):
-                self.store.finish(job_id, self.worker, CANCELLED)
+                self._finish(job_id, CANCELLED)
                 del live[job_id]
             if not live:
                 raise Cancelled
-            updates = [(job_id, step, total, preview_png(latents[row], fmt)) for job_id, row in live.items()]
+            due = self.preview_every > 0 and (step % self.preview_every == 0 or step == total)
+            updates = [
+                (job_id, step, total, preview_png(latents[row], fmt) if due else None) for job_id, row in live.items()
+            ]
             self.store.progress(self.worker, updates)
+            self.notifier.changed(live)
 
         return on_step
 

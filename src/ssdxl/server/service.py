@@ -4,15 +4,18 @@
 the server's ``limits``) and the LoRAs, embeddings and prompt weights the request names (``adapters.accept``: a bad
 one is this request's 422, never a failed batch), fixes a random
 seed (so a job re-run after a crash makes the same image), stores the request and wakes a runner;
-the synchronous dialects then ``wait`` for the job and read its ``images``. Jobs are visible only
-to the key that made them. Image tools that answer at once (upscaling, control-map previews) count
+the synchronous dialects ``run``: submit, ``wait`` for the job and read its ``images``. A waiter is woken by the
+``notifier`` when this process changes its job and looks at the store every ``poll`` seconds for jobs other processes
+run; a synchronous client that hangs up cancels its job (nobody is left to answer), unless it sent an
+``Idempotency-Key`` and so may come back for the result. Store and image work runs off the event loop. Jobs are
+visible only to the key that made them. Image tools that answer at once (upscaling, control-map previews) count
 against the same rate limit and run in ``tool``: off the event loop, one at a time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import functools
 import math
 import secrets
 import time
@@ -31,14 +34,15 @@ from ssdxl.errors import UserError
 from ssdxl.sampling.limits import check_request
 from ssdxl.sampling.request import GenerationRequest
 from ssdxl.server.adapters import accept
-from ssdxl.server.auth import ApiKey, RateLimiter
+from ssdxl.server.auth import ApiKey, RateLimiter, request_key
 from ssdxl.server.config import ServerConfig
+from ssdxl.server.notify import JobNotifier
 from ssdxl.server.registry import ModelRegistry
 from ssdxl.server.schemas import ImageLink, JobView
 from ssdxl.server.storage import Storage
-from ssdxl.server.store import CANCELLED, SUCCEEDED, Job, JobStore
+from ssdxl.server.store import CANCELLED, IDEMPOTENCY, SUCCEEDED, Job, JobStore
 
-WAIT_POLL = 0.05  # seconds between looks at a job a synchronous request waits for
+CLIENT_GONE = 499  # the status a hung-up client's request ends with in the logs (nginx's "client closed request")
 TOOLS_AT_ONCE = 1  # image tools (upscaling, preprocessing) running at once: each can take all CPU cores or GPU memory
 T = TypeVar("T")
 
@@ -59,12 +63,14 @@ class JobService:
         registry: ModelRegistry,
         dispatch,
         config: ServerConfig,
+        notifier: JobNotifier,
     ):
         self.store = store
         self.storage = storage
         self.registry = registry
         self.dispatch = dispatch  # LocalDispatch or RedisDispatch: has notify()
         self.config = config
+        self.notifier = notifier  # the runner in this process tells it which jobs changed
         self.limiter = RateLimiter()
         self.tools = anyio.CapacityLimiter(TOOLS_AT_ONCE)
 
@@ -100,19 +106,37 @@ class JobService:
             raise HTTPException(404, f"no job {job_id!r}")
         return job
 
-    async def wait(self, job: Job) -> Job:
-        """The job once finished; 504 (naming the job, which goes on) after ``sync_timeout`` seconds."""
-        deadline = time.monotonic() + self.config.sync_timeout
-        while not job.done:
-            if time.monotonic() > deadline:
-                raise HTTPException(504, f"job {job.id} is still {job.status}; follow it at /v2/jobs/{job.id}")
-            await asyncio.sleep(WAIT_POLL)
-            job = self.store.get(job.id)
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job (a running one stops at its next step) and wake its waiters."""
+        job = self.store.cancel(job_id)
+        self.notifier.changed([job_id])
         return job
 
-    async def run(self, request: GenerationRequest, *, model: str | None, caller: ApiKey | None) -> list[StoredImage]:
-        """Submit, wait, and return the images; a failed job raises what its error calls for."""
-        return self.images(await self.wait(self.submit(request, model=model, caller=caller)))
+    async def wait(self, job: Job, client: Request) -> Job:
+        """The job once finished; 504 (naming the job, which goes on) after ``sync_timeout`` seconds. The job is
+        cancelled when ``client`` hangs up first without an ``Idempotency-Key``; the hang-up is seen when the waiter
+        wakes: at the job's next step, or within ``poll`` seconds."""
+        deadline = time.monotonic() + self.config.sync_timeout
+        hang_up = IDEMPOTENCY.get() is None
+        with self.notifier.watch(job.id) as watch:  # before reading: a change after the read still wakes it
+            job = await anyio.to_thread.run_sync(self.store.get, job.id)
+            while not job.done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise HTTPException(504, f"job {job.id} is still {job.status}; follow it at /v2/jobs/{job.id}")
+                await watch.wait(min(self.config.poll, left))
+                if hang_up and await client.is_disconnected():
+                    await anyio.to_thread.run_sync(self.cancel, job.id)
+                    raise HTTPException(CLIENT_GONE, f"the client hung up; job {job.id} was cancelled")
+                job = await anyio.to_thread.run_sync(self.store.get, job.id)
+        return job
+
+    async def run(self, request: GenerationRequest, *, model: str | None, client: Request) -> list[StoredImage]:
+        """Submit for ``client``'s key, wait (a hang-up cancels the job), and return the images; a failed job raises
+        what its error calls for."""
+        submit = functools.partial(self.submit, request, model=model, caller=request_key(client))
+        job = await self.wait(await anyio.to_thread.run_sync(submit), client)
+        return self.images(job)
 
     def images(self, job: Job) -> list[StoredImage]:
         if job.status == SUCCEEDED:

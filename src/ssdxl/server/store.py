@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     step INTEGER NOT NULL DEFAULT 0,
     total INTEGER NOT NULL DEFAULT 0,
-    preview BLOB,                            -- PNG of the latest step's latents
+    preview BLOB,                            -- PNG of the latest previewed step's latents
     result TEXT,                             -- JSON: images (file, seed, infotext), timings, batch size
     error TEXT,
     error_kind TEXT,                         -- "user" (the request's fault) or "server"
@@ -271,10 +271,11 @@ class JobStore:
             conn.execute(sql, (time.time() + lease, worker, RUNNING))
 
     def progress(self, worker: str, updates: list[tuple[str, int, int, bytes | None]]) -> None:
-        """(job id, step, total, preview PNG) for jobs this worker holds."""
+        """(job id, step, total, preview PNG or None to keep the latest) for jobs this worker holds."""
         with self.db.transaction() as conn:
             conn.executemany(
-                "UPDATE jobs SET step = ?, total = ?, preview = ? WHERE id = ? AND worker = ? AND status = ?",
+                "UPDATE jobs SET step = ?, total = ?, preview = COALESCE(?, preview) "
+                "WHERE id = ? AND worker = ? AND status = ?",
                 [(step, total, preview, job_id, worker, RUNNING) for job_id, step, total, preview in updates],
             )
 

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from PIL import ImageFilter
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from starlette.concurrency import run_in_threadpool
 
 from ssdxl.errors import UserError
 from ssdxl.sampling.limits import MAX_CLIP_SKIP
@@ -48,7 +49,7 @@ from ssdxl.server.schemas import (
     Strength,
     decode_image,
 )
-from ssdxl.server.service import JobService
+from ssdxl.server.service import JobService, StoredImage
 from ssdxl.server.store import QUEUED, RUNNING
 from ssdxl.server.styles import accept_styles, style_list
 
@@ -325,14 +326,26 @@ def _model_setting(caller: ApiKey | None) -> str:
 
 async def _generate(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
     service: JobService = request.app.state.service
-    caller = request_key(request)
+    model, generation = await run_in_threadpool(_accept, body, service, request_key(request))
+    images = await service.run(generation, model=model, client=request)
+    return await run_in_threadpool(_answer, body, generation, model, images)
+
+
+def _accept(body: Txt2ImgRequest, service: JobService, caller: ApiKey | None) -> tuple[str, GenerationRequest]:
+    """The model (the request's override, else the key's choice in the store) and the request, its images decoded:
+    store and image work, so it runs in a thread."""
     chosen = body.override_settings.sd_model_checkpoint
     if chosen:
         model = service.registry.check(chosen, field="override_settings.sd_model_checkpoint")
     else:
         model = _current_model(service, caller)
-    generation = to_generation_request(body, service.registry)
-    images = await service.run(generation, model=model, caller=caller)
+    return model, to_generation_request(body, service.registry)
+
+
+def _answer(
+    body: Txt2ImgRequest, generation: GenerationRequest, model: str, images: list[StoredImage]
+) -> Txt2ImgResponse:
+    """A1111's answer, the images read from their files (in a thread)."""
     info = {
         "prompt": body.prompt,
         "negative_prompt": body.negative_prompt,
@@ -362,7 +375,7 @@ async def img2img(body: Img2ImgRequest, request: Request) -> Txt2ImgResponse:
 
 
 @router.get("/progress")
-async def progress(request: Request, skip_current_image: bool = False) -> dict[str, Any]:
+def progress(request: Request, skip_current_image: bool = False) -> dict[str, Any]:
     """The caller's newest running job: fraction done, ETA, step and a latent preview."""
     service: JobService = request.app.state.service
     caller = request_key(request)
@@ -381,17 +394,17 @@ async def progress(request: Request, skip_current_image: bool = False) -> dict[s
 
 
 @router.post("/interrupt")
-async def interrupt(request: Request) -> dict[str, Any]:
+def interrupt(request: Request) -> dict[str, Any]:
     """Stop the caller's running jobs at their next step (queued jobs stay queued)."""
     service: JobService = request.app.state.service
     caller = request_key(request)
     for job in service.store.recent(caller.id if caller else None, 100, status=RUNNING):
-        service.store.cancel(job.id)
+        service.cancel(job.id)
     return {}
 
 
 @router.get("/sd-models")
-async def sd_models(request: Request) -> list[dict[str, Any]]:
+def sd_models(request: Request) -> list[dict[str, Any]]:
     families = request.app.state.service.registry.families()  # an ssdxl addition to A1111's fields
     return [
         {"title": n, "model_name": n, "hash": None, "sha256": None, "filename": n, "config": None, "family": f}
@@ -411,12 +424,12 @@ async def schedulers() -> list[dict[str, Any]]:
 
 
 @router.get("/options")
-async def get_options(request: Request) -> dict[str, Any]:
+def get_options(request: Request) -> dict[str, Any]:
     return {"sd_model_checkpoint": _current_model(request.app.state.service, request_key(request))}
 
 
 @router.post("/options")
-async def set_options(body: OptionsUpdate, request: Request) -> dict[str, Any]:
+def set_options(body: OptionsUpdate, request: Request) -> dict[str, Any]:
     """Only ``sd_model_checkpoint`` is an option here; other keys are accepted and ignored."""
     service: JobService = request.app.state.service
     if body.sd_model_checkpoint is not None:
@@ -435,7 +448,7 @@ A1111_LORA_METADATA = ("hash", "format", "rank", "parts", "base_model", "few_ste
 
 
 @router.get("/loras")
-async def loras(request: Request) -> list[dict[str, Any]]:
+def loras(request: Request) -> list[dict[str, Any]]:
     """The LoRAs ``<lora:name:weight>`` may call, in A1111's shape; ``path`` is the file name only."""
     listed = []
     for facts in lora_facts(request.app.state.service.registry.adapters):
@@ -446,13 +459,13 @@ async def loras(request: Request) -> list[dict[str, Any]]:
 
 
 @router.post("/refresh-loras")
-async def refresh_loras(request: Request) -> None:
+def refresh_loras(request: Request) -> None:
     """Re-read the LoRA folders (A1111's button next to the Lora tab)."""
     request.app.state.service.registry.refresh_adapters()
 
 
 @router.get("/embeddings")
-async def embeddings(request: Request) -> dict[str, dict[str, Any]]:
+def embeddings(request: Request) -> dict[str, dict[str, Any]]:
     """Embeddings in A1111's shape: ``shape`` is the width of a vector (both text encoders' together for SDXL files);
     files that cannot be read are under ``skipped``."""
     loaded, skipped = {}, {}
@@ -466,6 +479,6 @@ async def embeddings(request: Request) -> dict[str, dict[str, Any]]:
 
 
 @router.post("/refresh-embeddings")
-async def refresh_embeddings(request: Request) -> None:
+def refresh_embeddings(request: Request) -> None:
     """Re-read the embedding folders."""
     request.app.state.service.registry.refresh_adapters()

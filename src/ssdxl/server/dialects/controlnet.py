@@ -332,14 +332,14 @@ async def detect(body: DetectRequest, request: Request) -> dict[str, Any]:
         raise FieldError("controlnet_input_images", "no image given")
     if any(body.controlnet_masks):
         raise FieldError("controlnet_masks", "no preprocessor here takes a mask; send none")
-    images = [decode_image(f"controlnet_input_images.{i}", data) for i, data in enumerate(body.controlnet_input_images)]
+    inputs = body.controlnet_input_images
+    images = await run_in_threadpool(
+        lambda: [decode_image(f"controlnet_input_images.{i}", data) for i, data in enumerate(inputs)]
+    )
     resolution, threshold_a, threshold_b = settings
 
-    def run() -> list[Image.Image]:
-        return [
-            preprocess(module, image, resolution=resolution, threshold_a=threshold_a, threshold_b=threshold_b)
-            for image in images
-        ]
+    def run() -> list[str]:  # the maps as base64 PNGs: encoding them is image work too
+        thresholds = {"threshold_a": threshold_a, "threshold_b": threshold_b}
+        return [encode_png(preprocess(module, image, resolution=resolution, **thresholds)) for image in images]
 
-    maps = await service.tool(request_key(request), run)
-    return {"images": [encode_png(image) for image in maps], "info": "Success"}
+    return {"images": await service.tool(request_key(request), run), "info": "Success"}

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from starlette.concurrency import run_in_threadpool
 
 from ssdxl.errors import UserError
 from ssdxl.sampling.precision import pick_device
@@ -106,9 +107,9 @@ def _upscaled(
 async def extra_single_image(body: ExtrasSingleImageRequest, request: Request) -> ExtrasResponse:
     """Upscale one image with the named upscalers (the Extras tab)."""
     service: JobService = request.app.state.service
-    image = decode_image("image", body.image)
+    image = await run_in_threadpool(decode_image, "image", body.image)
     if body.upscaler_1 in NO_UPSCALER:
-        return ExtrasResponse(html_info="", image=encode_png(image))
+        return ExtrasResponse(html_info="", image=await run_in_threadpool(encode_png, image))
     first = service.registry.upscaler(body.upscaler_1, "upscaler_1")
     second = None
     if body.upscaler_2 not in NO_UPSCALER and body.extras_upscaler_2_visibility > 0:
@@ -117,13 +118,13 @@ async def extra_single_image(body: ExtrasSingleImageRequest, request: Request) -
     device = str(pick_device(service.config.device))
     visibility = body.extras_upscaler_2_visibility
     result = await service.tool(
-        request_key(request), lambda: _upscaled(image, first, second, visibility, factor, crop, device)
+        request_key(request), lambda: encode_png(_upscaled(image, first, second, visibility, factor, crop, device))
     )
-    return ExtrasResponse(html_info="", image=encode_png(result))
+    return ExtrasResponse(html_info="", image=result)
 
 
 @router.get("/upscalers")
-async def upscalers(request: Request) -> list[dict[str, Any]]:
+def upscalers(request: Request) -> list[dict[str, Any]]:
     """The built-in filters and the ``--upscaler-dir`` models, in A1111's shape (``model_path``: the file name)."""
     return upscaler_records(request.app.state.service.registry)
 

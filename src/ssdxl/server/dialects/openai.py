@@ -21,6 +21,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from ssdxl.sampling.limits import (
     MAX_GUIDANCE,
@@ -33,7 +34,6 @@ from ssdxl.sampling.limits import (
 )
 from ssdxl.sampling.request import GenerationRequest
 from ssdxl.server.adapters import parse_loras
-from ssdxl.server.auth import request_key
 from ssdxl.server.errors import FieldError
 from ssdxl.server.schemas import (
     Guidance,
@@ -112,6 +112,8 @@ def to_generation_request(body: ImageGenerationRequest) -> GenerationRequest:
 
 
 def _answer(request: Request, body: ImageGenerationRequest, images: list[StoredImage]) -> ImagesResponse:
+    """OpenAI's answer: links, or the images read (and re-encoded for ``output_format``) from their files, in a
+    thread."""
     service: JobService = request.app.state.service
     # dall-e models answered with links by default, newer ones with base64: keep each client's expectation
     fmt = body.response_format or ("url" if (body.model or "").startswith("dall-e") else "b64_json")
@@ -133,8 +135,8 @@ def _answer(request: Request, body: ImageGenerationRequest, images: list[StoredI
 @router.post("/generations", response_model=ImagesResponse, response_model_exclude_none=True)
 async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
     service: JobService = request.app.state.service
-    images = await service.run(to_generation_request(body), model=body.model, caller=request_key(request))
-    return _answer(request, body, images)
+    images = await service.run(to_generation_request(body), model=body.model, client=request)
+    return await run_in_threadpool(_answer, request, body, images)
 
 
 def _edit_mask(image: Image.Image, mask: Image.Image | None) -> Image.Image | None:
@@ -151,7 +153,7 @@ def _edit_mask(image: Image.Image, mask: Image.Image | None) -> Image.Image | No
 
 
 async def _upload(field: str, upload: UploadFile) -> Image.Image:
-    return decode_image(field, await upload.read())
+    return await run_in_threadpool(decode_image, field, await upload.read())
 
 
 @router.post("/edits", response_model=ImagesResponse, response_model_exclude_none=True)
@@ -196,8 +198,9 @@ async def edits(
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     source = await _upload("image", upload)
     generation = to_generation_request(body)
-    generation.init_image = source.convert("RGB")
-    generation.mask_image = _edit_mask(source, await _upload("mask", mask) if mask is not None else None)
+    generation.init_image = await run_in_threadpool(source.convert, "RGB")
+    drawn = await _upload("mask", mask) if mask is not None else None
+    generation.mask_image = await run_in_threadpool(_edit_mask, source, drawn)
     service: JobService = request.app.state.service
-    images = await service.run(generation, model=body.model, caller=request_key(request))
-    return _answer(request, body, images)
+    images = await service.run(generation, model=body.model, client=request)
+    return await run_in_threadpool(_answer, request, body, images)
