@@ -150,10 +150,13 @@ class JobService:
             raise UserError(job.error)
         raise HTTPException(500, f"job {job.id} failed: {job.error}")
 
+    def base_url(self, request: Request) -> str:
+        """Where clients reach this server: ``--public-url``, else the request's own base, without a trailing /."""
+        return (self.config.public_url or str(request.base_url)).rstrip("/")
+
     def link(self, request: Request, file: str) -> str:
         """An absolute, signed URL for a result image, usable without a key until it expires."""
-        base = self.config.public_url or str(request.base_url)
-        return f"{base.rstrip('/')}/v2/files/{file}?{self.storage.sign(file, self.config.link_ttl)}"
+        return f"{self.base_url(request)}/v2/files/{file}?{self.storage.sign(file, self.config.link_ttl)}"
 
     def view(self, job: Job, request: Request) -> JobView:
         stored = [] if job.status != SUCCEEDED else job.result["images"]

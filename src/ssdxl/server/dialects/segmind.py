@@ -224,8 +224,8 @@ class RequestStatus(BaseModel):
 
 def _queued(job: Job, request: Request, *, base64_json: bool) -> Queued:
     """The submit answer; ``base64`` rides on the poll URL because the job's stored request has no room for it."""
-    base = _service(request).config.public_url or str(request.base_url)
-    url = base.rstrip("/") + STATUS_PATH.format(request_id=job.id) + ("?base64=true" if base64_json else "")
+    url = _service(request).base_url(request) + STATUS_PATH.format(request_id=job.id)
+    url += "?base64=true" if base64_json else ""
     return Queued(request_id=job.id, status=STATUSES[job.status], poll_url=url, status_url=url)
 
 
