@@ -1,5 +1,5 @@
 """The server under load: N concurrent clients mixing the four APIs against a real ``ssdxl serve`` process on the
-built-in ``shapes`` model at 64x64, SQLite store (the default):
+built-in ``shapes`` model at 64x64, with the SQLite store (the default) and/or the PostgreSQL one:
 
 - the native jobs API (``POST /v2/jobs``, then its ``/events`` stream until ``done``),
 - Segmind (``POST /v1/shapes``, the image as bytes),
@@ -7,6 +7,8 @@ built-in ``shapes`` model at 64x64, SQLite store (the default):
 - OpenAI (``POST /v1/images/generations``, ``b64_json``).
 
     python bench/server_load.py --clients 50,200 --write docs/server.md   # about 3 minutes on 2 cores
+    python bench/server_load.py --store sqlite,postgresql --postgres postgresql://postgres@127.0.0.1/postgres \
+        --write docs/server.md   # both stores; a fresh database per run is made on that server and dropped after
 
 Each run starts a fresh server with an empty data folder, sends one warm-up request through each API (the model
 loads), then starts every client at once. A client is a thread with its own ``requests`` session that sends
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime
 import json
 import os
@@ -32,11 +35,13 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import psutil
@@ -133,11 +138,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data: Path, threads: int | None) -> tuple[subprocess.Popen, str, Path]:
-    """``ssdxl serve`` on a free port with ``data`` as its folder, once ``/health`` answers: (process, URL, log)."""
+def start_server(data: Path, threads: int | None, store: str | None) -> tuple[subprocess.Popen, str, Path]:
+    """``ssdxl serve`` on a free port with ``data`` as its folder (and ``store`` as its ``--store``), once
+    ``/health`` answers: (process, URL, log)."""
     port, log = free_port(), data / "server.log"
     command = [sys.executable, "-m", "ssdxl.cli.main", "serve", "--port", str(port), "--data", str(data / "store")]
     command += ["--device", "cpu"] + (["--threads", str(threads)] if threads else [])
+    command += ["--store", store] if store else []
     with open(log, "ab") as out:
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -183,14 +190,37 @@ class RssPeak(threading.Thread):
             self.halt.wait(self.interval)
 
 
-def batch_sizes(store_dir: Path, jobs: int) -> list[int]:
+def batch_sizes(store_dir: Path, store: str | None, jobs: int) -> list[int]:
     """The ``batch_size`` of the newest ``jobs`` jobs (the load's, not the warm-up's), from the stopped server's
     store."""
     from ssdxl.server.storage import open_database
     from ssdxl.server.store import JobStore
 
-    newest = JobStore(open_database(store_dir)).recent(None, jobs)
+    db = open_database(store_dir, url=store)
+    newest = JobStore(db).recent(None, jobs)
+    db.close()
     return [job.result["batch_size"] for job in newest if job.result]
+
+
+@contextlib.contextmanager
+def fresh_store(kind: str, admin_url: str | None) -> Iterator[str | None]:
+    """None for SQLite (the server's own folder); for PostgreSQL a new database on ``admin_url``'s server, dropped
+    afterwards."""
+    if kind == "sqlite":
+        yield None
+        return
+    import psycopg
+
+    if not admin_url:
+        raise SystemExit("--store postgresql needs --postgres URL: a server where this script may create databases")
+    name = f"ssdxl_load_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -230,10 +260,15 @@ def drive(
     return latencies, errors, time.perf_counter() - start
 
 
-def run(clients: int, per_client: int, steps: int | None, threads: int | None) -> dict[str, Any]:
-    """One load run on a fresh server: ``clients`` threads, ``per_client`` requests each."""
-    with tempfile.TemporaryDirectory(prefix="ssdxl-bench-load-") as folder:
-        process, url, log = start_server(Path(folder), threads)
+def run(
+    clients: int, per_client: int, steps: int | None, threads: int | None, kind: str, admin_url: str | None
+) -> dict[str, Any]:
+    """One load run on a fresh server and store: ``clients`` threads, ``per_client`` requests each."""
+    with (
+        tempfile.TemporaryDirectory(prefix="ssdxl-bench-load-") as folder,
+        fresh_store(kind, admin_url) as store,
+    ):
+        process, url, log = start_server(Path(folder), threads, store)
         try:
             server = psutil.Process(process.pid)
             rss_start = server.memory_info().rss
@@ -250,10 +285,11 @@ def run(clients: int, per_client: int, steps: int | None, threads: int | None) -
             rss_after, load_after = server.memory_info().rss, os.getloadavg()
         finally:
             stop = stop_server(process)
-        sizes = batch_sizes(Path(folder) / "store", clients * per_client)
+        sizes = batch_sizes(Path(folder) / "store", store, clients * per_client)
         log_errors = sum("Traceback" in line or "ERROR" in line for line in log.read_text().splitlines())
     everything = [seconds for api in APIS for seconds in latencies[api]]
     result = {
+        "store": kind,
         "clients": clients,
         "requests": clients * per_client,
         "errors": len(errors),
@@ -285,14 +321,16 @@ def section(result: dict[str, Any]) -> str:
     steps = f"{s['steps']} steps (`--steps`)" if s["steps_option"] else f"{s['steps']} steps (the model's default)"
     threads = f"torch threads: {s['threads']}" if s["threads"] else "torch's default threads"
     options = {
-        "--clients": ",".join(str(r["clients"]) for r in runs),
+        "--store": s["store"] if s["store"] != "sqlite" else None,
+        "--postgres": "URL" if "postgresql" in s["store"] else None,
+        "--clients": ",".join(dict.fromkeys(str(r["clients"]) for r in runs)),
         "--requests-per-client": s["requests_per_client"],
         "--steps": s["steps"] if s["steps_option"] else None,
         "--threads": s["threads"],
     }
     command = " ".join(["python bench/server_load.py", *(f"{k} {v}" for k, v in options.items() if v is not None)])
     lines = [
-        f"`{command}`, {result['date']}: a fresh `ssdxl serve` process and data folder per row (SQLite store, CPU, "
+        f"`{command}`, {result['date']}: a fresh `ssdxl serve` process, data folder and store per row (CPU, "
         f"{threads}, default max batch), the built-in `{MODEL}` model at {SIZE}x{SIZE}, {steps}. The clients are "
         "threads on the same machine, each with its own `requests` session, all started together after one warm-up "
         f"request through each API; each sends {s['requests_per_client']} requests one after the other, client c's "
@@ -301,16 +339,18 @@ def section(result: dict[str, Any]) -> str:
         "`POST /sdapi/v1/txt2img`, OpenAI `POST /v1/images/generations` (`b64_json`). An error is any non-2xx "
         "answer, exception or answer without an image. images/s: images over the run's wall time.",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; the server and the clients share it.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; the server and the clients share it"
+        + (f", and so does PostgreSQL {s['postgres_version']} (a local server)." if s.get("postgres_version") else "."),
         "",
-        "| clients | requests | errors | wall s | images/s | latency p50 / p95 s | server RSS MiB: after warm-up → "
-        "peak → after (growth) | load average before → after (1/5/15 min) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| store | clients | requests | errors | wall s | images/s | latency p50 / p95 s | server RSS MiB: after "
+        "warm-up → peak → after (growth) | load average before → after (1/5/15 min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         rss, load, all_ = r["rss_mib"], r["load_average"], r["latency_s"]["all"]
         lines.append(
-            f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} | "
+            f"| {r['store']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['wall_s']:.1f} | "
+            f"{r['images_per_s']:.2f} | "
             f"{_p(all_)} | {rss['before']} → {rss['peak']} → {rss['after']} ({rss['growth']:+d}) | "
             f"{_load(load['before'])} → {_load(load['after'])} |"
         )
@@ -318,23 +358,37 @@ def section(result: dict[str, Any]) -> str:
         "",
         "Latency per API, seconds, p50 / p95 (native: from the submit to the `done` event):",
         "",
-        "| clients | native | Segmind | A1111 | OpenAI |",
-        "|---|---|---|---|---|",
-        *(f"| {r['clients']} | " + " | ".join(_p(r["latency_s"][api]) for api in APIS) + " |" for r in runs),
+        "| store | clients | native | Segmind | A1111 | OpenAI |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {r['store']} | {r['clients']} | " + " | ".join(_p(r["latency_s"][api]) for api in APIS) + " |"
+            for r in runs
+        ),
         "",
         "UNet batches the server formed (every job's `batch_size`; at most 8 images a batch):",
         "",
-        "| clients | mean batch size per job | jobs by batch size |",
-        "|---|---|---|",
-        *(f"| {r['clients']} | {_mean(r['batch_sizes']):.1f} | {_sizes(r['batch_sizes'])} |" for r in runs),
+        "| store | clients | mean batch size per job | jobs by batch size |",
+        "|---|---|---|---|",
+        *(
+            f"| {r['store']} | {r['clients']} | {_mean(r['batch_sizes']):.1f} | {_sizes(r['batch_sizes'])} |"
+            for r in runs
+        ),
         "",
         "Server: "
         + "; ".join(
-            f"{r['clients']} clients: {r['server_stop']}, {r['server_log_errors']} error lines in its log" for r in runs
+            f"{r['store']}, {r['clients']} clients: {r['server_stop']}, {r['server_log_errors']} error lines in its log"
+            for r in runs
         )
         + ".",
     ]
     return "\n".join(lines)
+
+
+def _postgres_version(admin_url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(admin_url) as conn:
+        return conn.execute("SHOW server_version").fetchone()[0].split()[0]
 
 
 def _p(stats: dict[str, float]) -> str:
@@ -360,12 +414,27 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=2, help="requests each client sends in turn")
     parser.add_argument("--steps", type=int, help="denoising steps of every request (default: the model's, 20)")
     parser.add_argument("--threads", type=int, help="the server's torch threads (default: torch's own)")
+    parser.add_argument(
+        "--store", default="sqlite", help="comma-separated stores, each run per client count: sqlite, postgresql"
+    )
+    parser.add_argument(
+        "--postgres",
+        help="postgresql://... of a server where databases may be created (--store "
+        "postgresql): each run gets a fresh one, dropped after",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--write", type=Path, help="write the markdown into this doc's `load` block")
     args = parser.parse_args()
     from ssdxl.speed.machine import cpu_model
 
-    runs = [run(int(n), args.requests_per_client, args.steps, args.threads) for n in args.clients.split(",")]
+    kinds = [kind.strip() for kind in args.store.split(",")]
+    if set(kinds) - {"sqlite", "postgresql"}:
+        raise SystemExit(f"--store takes sqlite and/or postgresql, got {args.store!r}")
+    runs = [
+        run(int(n), args.requests_per_client, args.steps, args.threads, kind, args.postgres)
+        for kind in kinds
+        for n in args.clients.split(",")
+    ]
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": {
@@ -378,7 +447,8 @@ def main() -> None:
             "steps": runs[0]["steps"],
             "steps_option": args.steps is not None,
             "threads": args.threads,
-            "store": "sqlite",
+            "store": ",".join(kinds),
+            "postgres_version": _postgres_version(args.postgres) if "postgresql" in kinds else None,
         },
         "runs": runs,
     }

@@ -8,12 +8,20 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
+
+# One thread count for every engine and every reference pipeline in a test process, set before torch starts its
+# OpenMP (parity tests compare bits, and ssdxl.speed.threads would otherwise choose per model): the cores shared out
+# among pytest-xdist's workers, since OpenMP threads that outnumber the cores wait at every barrier for one another
+# (docs/performance.md, "CPU threads beside other work"). Subprocesses the tests start inherit it.
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+if "OMP_NUM_THREADS" not in os.environ or os.environ.get("SSDXL_TEST_THREADS"):  # a user's own count is kept
+    os.environ["OMP_NUM_THREADS"] = os.environ["SSDXL_TEST_THREADS"] = str(THREADS)  # xdist workers recompute it
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # ssdxl's cache (model hashes, OpenVINO exports) goes to a fresh folder, so no test sees another's exports
 os.environ["SSDXL_CACHE"] = tempfile.mkdtemp(prefix="ssdxl-test-cache-")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

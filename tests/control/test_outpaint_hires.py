@@ -9,8 +9,9 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
 from ssdxl.control.outpaint import grow, parse_sides
-from ssdxl.errors import UserError
+from ssdxl.errors import FieldError, UserError
 from ssdxl.sampling.engine import Engine
+from ssdxl.sampling.limits import MAX_SIDE, hires_size
 from ssdxl.sampling.request import GenerationRequest, Hires
 
 
@@ -110,3 +111,17 @@ def test_bad_hires_requests_fail_when_resolved(builtin_engine):
         resolve(hires=Hires(upscaler="no-such-upscaler"))
     with pytest.raises(UserError, match="hires strength"):
         resolve(hires=Hires(strength=0))
+
+
+def test_the_engine_holds_hires_and_outpaint_to_the_shared_side_limit(builtin_engine):
+    """The rules the server applies with its ``--max-side`` take the shared MAX_SIDE here: up to it, and no further."""
+    at_limit = builtin_engine.resolve(GenerationRequest("x", steps=2, width=1024, height=1024, hires=Hires(scale=2)))
+    assert hires_size(at_limit) == (MAX_SIDE, MAX_SIDE)
+    with pytest.raises(FieldError, match=f"2056x2056 .*between 32 and {MAX_SIDE}") as caught:
+        builtin_engine.resolve(GenerationRequest("x", steps=2, width=1024, height=1024, hires=Hires(scale=2.01)))
+    assert caught.value.field == "hires"
+    grown = builtin_engine.resolve(GenerationRequest("x", init_image=picture(), outpaint=(0, 0, MAX_SIDE - 48, 0)))
+    assert (grown.width, grown.height) == (MAX_SIDE, 40)
+    with pytest.raises(FieldError, match=f"{MAX_SIDE + 8}x40; its sides must be at most {MAX_SIDE}") as caught:
+        builtin_engine.resolve(GenerationRequest("x", init_image=picture(), outpaint=(0, 0, MAX_SIDE - 40, 0)))
+    assert caught.value.field == "outpaint"

@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ssdxl.output", "ssdxl.conditioning", "ssdxl.adapters", "ssdxl.control", "ssdxl.evaluation"),
     # how an engine runs its UNets (backends, DeepCache, CPU tuning): below the engine that picks them
     ("ssdxl.speed.runtime", "ssdxl.speed.openvino_backend", "ssdxl.speed.deepcache", "ssdxl.speed.tuning",
-     "ssdxl.speed.machine", "ssdxl.speed.timing"),
+     "ssdxl.speed.machine", "ssdxl.speed.timing", "ssdxl.speed.threads"),
     ("ssdxl.sampling", "ssdxl"),  # ``ssdxl`` itself: the Python API facade (Engine, GenerationRequest)
     ("ssdxl.speed", "ssdxl.training"),
     ("ssdxl.finetune",),

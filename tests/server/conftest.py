@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
-from serverkit import MODEL, start_thread_server
+from pgkit import running_server
+from serverkit import MODEL, free_port, start_thread_server, wait_until
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -59,3 +61,42 @@ def browser():
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server per test process (``pgkit``); skips without PostgreSQL."""
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A fresh empty database on the test PostgreSQL, as a ``--store`` URL."""
+    return postgres.new_database()
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real Redis server for the scale-out tests; skips without redis-server or rq."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install -y redis-server)")
+    pytest.importorskip("rq", reason="rq is not installed (pip install '.[serve]')")
+    port = free_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen([*command, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    from redis import Redis
+
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_until(lambda: _pings(Redis.from_url(url)), 30, "redis-server to start")
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except Exception:
+        return False

@@ -56,6 +56,20 @@ def test_submit_then_poll_until_completed(server):
     assert native["status"] == "succeeded" and native["model"] == MODEL and native["params"]["steps"] == 2
 
 
+def test_the_full_result_adds_what_the_job_recorded(server):
+    request_id = queue(server, {**TINY, "seed": 11, "negative_prompt": "blue"})["request_id"]
+    done = poll(status_url(server, request_id))
+    full = requests.get(f"{server.url}/v2/requests/{request_id}", timeout=60)
+    assert full.status_code == 200, full.text
+    result = full.json()
+    assert result["status"] == "COMPLETED" and result["images"] == done["images"] and result["seeds"] == [11]
+    assert result["model"] == MODEL and result["params"]["negative_prompt"] == "blue" and result["params"]["steps"] == 2
+    assert "Seed: 11" in result["infotexts"][0]
+    assert result["completed_at"] >= result["started_at"] >= result["created_at"]
+    assert "image" not in result and set(result["timings"]) and "error" not in result
+    assert requests.get(f"{server.url}/v2/requests/{'0' * 32}", timeout=60).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("model", "fields", "field"),
     [

@@ -270,9 +270,10 @@ def test_stored_requests_keep_control_maps_hires_and_outpaint(tmp_path):
     import json
 
     from ssdxl.sampling.request import ControlUnit, GenerationRequest, Hires, ImagePrompt
+    from ssdxl.server.files import FolderFiles
     from ssdxl.server.storage import Storage
 
-    storage = Storage(tmp_path, "secret")
+    storage = Storage(FolderFiles(tmp_path), "secret")
     translucent = Image.new("RGBA", (8, 8), (1, 2, 3, 128))
     units = [ControlUnit("a", image=square(), scale=0.5), ControlUnit("b", image=translucent, preprocessor="canny")]
     hires = Hires(scale=1.5, upscaler="Lanczos", steps=3)
@@ -282,7 +283,7 @@ def test_stored_requests_keep_control_maps_hires_and_outpaint(tmp_path):
     record = storage.save_request(job_id, request)
     assert [unit["image"] for unit in record["controls"]] == [f"{job_id}-control0.png", f"{job_id}-control1.png"]
     assert record["image_prompts"][0]["images"] == [f"{job_id}-ip0-0.png", f"{job_id}-ip0-1.png"]
-    assert all(storage.path(name).is_file() for name in record["image_prompts"][0]["images"])
+    assert all(storage.read(name) is not None for name in record["image_prompts"][0]["images"])
     again = storage.load_request(json.loads(json.dumps(record)))  # as the job store keeps it
     assert [(u.model, u.scale, u.preprocessor) for u in again.controls] == [("a", 0.5, "none"), ("b", 1.0, "canny")]
     assert again.controls[1].image.mode == "RGBA" and again.controls[1].image.tobytes() == translucent.tobytes()

@@ -38,5 +38,5 @@ def test_jobs_survive_kill_9_and_run_to_completion_once(tiny_dir, tmp_path):
     assert jobs[0]["attempts"] == 2 and all(j["attempts"] == 1 for j in jobs[1:])
     assert [j["images"][0]["seed"] for j in jobs] == list(range(JOBS))
     for job in jobs:  # one set of result files per job: the attempt that completed
-        files = sorted(p.name for p in storage.root.glob(f"{job['id']}-a*"))
+        files = sorted(p.name for p in storage.files.root.glob(f"{job['id']}-a*"))
         assert files == [f"{job['id']}-a{job['attempts']}-0.png"]

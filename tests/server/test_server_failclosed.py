@@ -42,7 +42,7 @@ def make_store(data_dir, jobs=3, key=True):
     token = KeyStore(store.db).add("alice")[1] if key else None
     ids = [store.add(f"{i:032x}", owner=None, model=MODEL, request={"prompt": "p" * 400}).id for i in range(jobs)]
     if ids:
-        (storage.root / f"{ids[0]}-a1-0.png").write_bytes(b"png")
+        (storage.files.root / f"{ids[0]}-a1-0.png").write_bytes(b"png")
     store.db.checkpoint()
     return token, ids
 
@@ -140,7 +140,7 @@ def test_a_lost_wal_is_noticed(tmp_path):
     store, storage = open_data(ServerConfig(data_dir=data_dir))
     store.db.checkpoint()
     job = store.add("ab" * 16, owner=None, model=MODEL, request={"prompt": "p"}).id
-    (storage.root / f"{job}-a1-0.png").write_bytes(b"png")
+    (storage.files.root / f"{job}-a1-0.png").write_bytes(b"png")
     assert (data_dir / f"{DB_FILE}-wal").stat().st_size > 0
     copy.mkdir()
     shutil.copy(data_dir / DB_FILE, copy / DB_FILE)  # what a crash plus a truncated -wal leaves

@@ -96,7 +96,7 @@ def test_a_model_budget_keeps_one_engine_loaded_and_both_models_still_generate(t
     assert alive_at_load == [0, 0, 0]  # a, then b once a was gone, then a again once b was gone
 
     def pixels(job):
-        return Image.open(storage.path(job.result["images"][0]["file"])).tobytes()
+        return Image.open(io.BytesIO(storage.read(job.result["images"][0]["file"]))).tobytes()
 
     assert pixels(done[0]) == pixels(done[2]) != pixels(done[1])  # the reloaded model makes the same image
 

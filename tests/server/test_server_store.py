@@ -1,4 +1,5 @@
-"""The durable pieces without HTTP: claims, recovery after a crash, keys, signed links, previews."""
+"""The durable pieces without HTTP: claims, recovery after a crash, keys, signed links, previews; on the SQLite
+store and the PostgreSQL one alike (the PostgreSQL cases skip without PostgreSQL)."""
 
 import hashlib
 import os
@@ -14,13 +15,22 @@ from ssdxl.models.latent_preview import latent_preview
 from ssdxl.server.auth import KeyStore, RateLimiter, parse_burst, parse_rate
 from ssdxl.server.config import ServerConfig
 from ssdxl.server.storage import open_data
-from ssdxl.server.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
+from ssdxl.server.store import CANCELLED, FAILED, HOST, QUEUED, RUNNING, SUCCEEDED
 
 DEAD_WORKER = "{host}:999999999:p:r"  # a pid that cannot exist on this host
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def data(request, tmp_path):
+    """(JobStore, Storage) on each store backend."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    store, storage = open_data(ServerConfig(data_dir=tmp_path, max_attempts=3, store=url))
+    yield store, storage
+    store.db.close()
+
+
 @pytest.fixture
-def data(tmp_path):
+def sqlite_data(tmp_path):
     return open_data(ServerConfig(data_dir=tmp_path, max_attempts=3))
 
 
@@ -53,16 +63,14 @@ def test_queue_positions_follow_arrival(data):
 
 
 def test_recovery_requeues_then_fails_with_a_clear_message(data):
-    import socket
-
     store, _ = data
     (job,) = add(store)
-    dead = DEAD_WORKER.format(host=socket.gethostname())
+    dead = DEAD_WORKER.format(host=HOST)
     store.claim([job], "x", lease=60)
     force_holder(store, job, dead, time.time() + 60)  # lease still valid, but the process is gone
     assert store.recover() == [job] and store.get(job).status == QUEUED
     store.claim([job], "y", lease=60)
-    earlier_self = f"{socket.gethostname()}:{os.getpid()}:earlier-process:r"  # our pid, reused
+    earlier_self = f"{HOST}:{os.getpid()}:earlier-process:r"  # our pid, reused
     force_holder(store, job, earlier_self, time.time() + 60)
     assert store.recover() == [job]
     store.claim([job], "z", lease=60)
@@ -90,8 +98,8 @@ def test_cancelling_a_queued_job_is_immediate(data):
     assert store.claim([job], "a", lease=60) == []
 
 
-def test_keys_are_stored_hashed(tmp_path, data):
-    store, _ = data
+def test_keys_are_stored_hashed(tmp_path, sqlite_data):
+    store, _ = sqlite_data
     keys = KeyStore(store.db)
     assert not keys.any()
     key, token = keys.add("ci", parse_rate("2/s"))
@@ -124,10 +132,10 @@ def test_a_per_second_rate_bursts_its_own_count_not_a_minutes_worth(data):
 def test_stored_names_only_and_links_expire(data):
     _, storage = data
     name = f"{0:032x}-a1-0.png"
-    assert storage.path(name).parent == storage.root
+    assert storage.check(name) == name and storage.read(name) is None
     for bad in ("../ssdxl.db", "x.png", f"{0:032x}-a1-0.png/../../x", "/etc/passwd"):
         with pytest.raises(ValueError):
-            storage.path(bad)
+            storage.read(bad)
     query = dict(part.split("=") for part in storage.sign(name, ttl=60).split("&"))
     assert storage.verify(name, query["expires"], query["signature"])
     assert not storage.verify(f"{1:032x}-a1-0.png", query["expires"], query["signature"])
@@ -178,3 +186,66 @@ def test_runner_runs_what_it_claimed_when_another_worker_took_part(tiny_dir, dat
     jobs = [store.get(job_id) for job_id in ids]
     assert [j.status for j in jobs] == [RUNNING, SUCCEEDED, SUCCEEDED]
     assert jobs[1].result["batch_size"] == 2 and jobs[2].preview is not None
+
+
+def _runner_with_jobs(tiny_dir, data, n):
+    from ssdxl.sampling.request import GenerationRequest
+    from ssdxl.server.registry import ModelRegistry
+    from ssdxl.server.runner import Runner
+
+    store, storage = data
+    request = GenerationRequest("p", seed=1, steps=2, width=64, height=64)
+    ids = [f"{i:032x}" for i in range(n)]
+    for job_id in ids:
+        store.add(job_id, owner=None, model="m", request=storage.save_request(job_id, request))
+    registry = ModelRegistry({"m": str(tiny_dir("vega"))}, device="cpu", dtype="float32")
+    return Runner(store, storage, registry), ids
+
+
+def test_a_result_whose_write_was_cut_off_is_read_back_not_written_twice(tiny_dir, sqlite_data, caplog):
+    from ssdxl.server.db import StoreUnavailable
+
+    store, storage = sqlite_data
+    runner, (job,) = _runner_with_jobs(tiny_dir, sqlite_data, 1)
+    finish, calls = store.finish, []
+
+    def committed_then_lost(*args, **kwargs):  # the COMMIT went through, its answer did not
+        calls.append(args)
+        done = finish(*args, **kwargs)
+        if len(calls) == 1:
+            raise StoreUnavailable("PostgreSQL went away during a transaction")
+        return done
+
+    store.finish = committed_then_lost
+    progress = store.progress
+
+    def progress_fails_once(*args):
+        store.progress = progress
+        raise StoreUnavailable("PostgreSQL is unreachable")
+
+    store.progress = progress_fails_once
+    assert runner.run_next()
+    final = store.get(job)
+    assert final.status == SUCCEEDED and final.attempts == 1 and len(calls) == 1  # read back, not finished again
+    assert storage.read(final.result["images"][0]["file"]) is not None  # the images were kept
+    assert "not recorded" in caplog.text  # progress went on without the store
+
+
+def test_a_batch_cut_short_by_the_store_gives_its_claims_back(tiny_dir, sqlite_data):
+    from ssdxl.server.db import StoreUnavailable
+
+    store, _ = sqlite_data
+    runner, ids = _runner_with_jobs(tiny_dir, sqlite_data, 2)
+    claim = store.claim
+
+    def claimed_then_lost(job_ids, worker, lease):
+        claim(job_ids, worker, lease)
+        raise StoreUnavailable("PostgreSQL went away during a transaction")
+
+    store.claim = claimed_then_lost
+    with pytest.raises(StoreUnavailable):
+        runner.run_next()
+    assert [(store.get(i).status, store.get(i).attempts, store.get(i).worker) for i in ids] == [(QUEUED, 0, None)] * 2
+    store.claim = claim
+    assert runner.run_next()
+    assert [(store.get(i).status, store.get(i).attempts) for i in ids] == [(SUCCEEDED, 1)] * 2

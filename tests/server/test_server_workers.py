@@ -1,43 +1,17 @@
-"""Scale-out: a server with --redis queues jobs, two `ssdxl worker` processes run them, each exactly once."""
+"""Scale-out: a server with --redis queues jobs, two `ssdxl worker` processes run them, each exactly once, and
+their job events wake the server's waiters."""
 
-import shutil
-import subprocess
+import asyncio
 import uuid
 
-import pytest
 import requests
-from serverkit import MODEL, free_port, spawn_server, spawn_ssdxl, stop_process, wait_for_jobs, wait_until
+from serverkit import MODEL, spawn_server, spawn_ssdxl, stop_process, wait_for_jobs, wait_until
 
 from ssdxl.server.config import ServerConfig
 from ssdxl.server.storage import open_data
 from ssdxl.server.store import SUCCEEDED
 
 JOBS = 12
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install -y redis-server)")
-    pytest.importorskip("rq", reason="rq is not installed (pip install '.[serve]')")
-    port = free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen([*command, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    from redis import Redis
-
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_until(lambda: _pings(Redis.from_url(url)), 30, "redis-server to start")
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
-
-
-def _pings(client) -> bool:
-    try:
-        return client.ping()
-    except Exception:
-        return False
 
 
 def test_two_workers_run_every_job_exactly_once(tiny_dir, tmp_path, redis_url, adapter_dirs):
@@ -73,7 +47,31 @@ def test_two_workers_run_every_job_exactly_once(tiny_dir, tmp_path, redis_url, a
         infotext, tags = job["images"][0]["infotext"], [f"<lora:{n}:{w:g}>" for n, w in sent["loras"]]
         assert all(tag in infotext for tag in tags) and ("<lora:" in infotext) == bool(tags)
     store, storage = open_data(ServerConfig(data_dir=data_dir))
-    holders = {store.db.connection().execute("SELECT worker FROM jobs WHERE id = ?", (i,)).fetchone()[0] for i in ids}
+    holders = {store.get(i).worker for i in ids}
     assert len(holders) == 2, f"one worker did all the work: {holders}"
     for job_id in ids:  # exactly one set of result files each
-        assert [p.name for p in storage.root.glob(f"{job_id}-a*")] == [f"{job_id}-a1-0.png"]
+        assert [p.name for p in storage.files.root.glob(f"{job_id}-a*")] == [f"{job_id}-a1-0.png"]
+
+
+def test_a_workers_job_events_wake_the_servers_waiters(redis_url, tmp_path):
+    from ssdxl.server.dispatch import RedisDispatch, RedisNotifier
+    from ssdxl.server.notify import JobNotifier
+
+    store, _ = open_data(ServerConfig(data_dir=tmp_path))
+    notifier = JobNotifier()
+    dispatch = RedisDispatch(store, redis_url, poll=60.0, notifier=notifier)  # no store look could wake the waiter
+    worker = RedisNotifier(redis_url)
+    dispatch.start()
+
+    async def waiter() -> bool:
+        with notifier.watch("job-7") as watch:
+            for _ in range(50):  # publish until the listener has subscribed and passed one on
+                worker.changed(["job-3", "job-7"])
+                if await watch.wait(0.2):
+                    return True
+        return False
+
+    try:
+        assert asyncio.run(waiter())
+    finally:
+        dispatch.stop()

@@ -187,6 +187,16 @@ def generate(
     vae: Annotated[
         str | None, typer.Option("--vae", help="Another VAE: a diffusers vae/ folder or a single .safetensors file.")
     ] = None,
+    fast_decode: Annotated[
+        bool,
+        typer.Option("--fast-decode", help="Decode with a tiny VAE (TAESD-style): several times faster, a little "
+                     "less exact. Built-in models ship theirs; others need --tiny-vae."),
+    ] = False,
+    tiny_vae: Annotated[
+        str | None,
+        typer.Option("--tiny-vae", help="Tiny VAE for --fast-decode: an AutoencoderTiny folder or repo id "
+                     "(madebyollin/taesdxl; ssdxl train tiny-vae) or a TAESD/TAESDXL *_decoder.safetensors."),
+    ] = None,
     backend: Annotated[
         str, typer.Option("--backend", help="auto (OpenVINO once exported, else PyTorch), torch or openvino.")
     ] = "auto",
@@ -280,7 +290,8 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print paths, seeds and timings as JSON.")] = False,
 ) -> None:
     """Generate images: txt2img, img2img (--init-image), inpainting (--mask), outpainting (--outpaint), base +
-    refiner, LoRAs, embeddings, ControlNets (--controlnet), IP-Adapters (--ip-adapter), hires fix (--hires)."""
+    refiner, LoRAs, embeddings, ControlNets (--controlnet), IP-Adapters (--ip-adapter), hires fix (--hires), a fast
+    final decode by a tiny VAE (--fast-decode)."""
     from ssdxl.adapters.library import split_weight
     from ssdxl.cli import control_options
     from ssdxl.control.outpaint import parse_sides
@@ -304,6 +315,7 @@ def generate(
             raise UserError(f"the image was decoded with the VAE {stored.get('vae')}: pass it again with --vae")
         if prompt is not None:
             request.prompt = prompt
+        request.fast_decode = request.fast_decode or fast_decode
         if style:
             raise UserError("--style cannot be used with --from-png: the PNG's prompts already hold their styles")
     elif prompt is None:
@@ -341,6 +353,7 @@ def generate(
             embeddings=list(embedding or []),
             prompt_syntax=prompt_syntax,
             styles=list(style or []),
+            fast_decode=fast_decode,
         )
     request.init_image = open_image(init_image, "--init-image")
     request.mask_image = open_image(mask, "--mask")
@@ -382,12 +395,15 @@ def generate(
         vae=vae,
         prediction=prediction,
         zero_snr=zero_snr,
+        tiny_vae=tiny_vae,
     )
     if tiled_vae:
         engine.enable_tiled_vae()
     if from_png is not None and stored.get("vae_hash") and engine.base.vae_hash != stored["vae_hash"]:
         raise UserError(f"{vae} is not the VAE the image was made with (hash {engine.base.vae_hash}, "
                         f"recorded {stored['vae_hash']})")  # fmt: skip
+    if from_png is not None and request.fast_decode:
+        check_recorded_tiny_vae(engine, stored)
     if stored.get("infotext_from") == "other" and engine.base.components.family.is_sdxl and request.clip_skip > 1:
         # A1111 records its clip-skip setting on SDXL images too, where it does not apply it
         typer.echo(f"note: ignoring the PNG's 'Clip skip: {request.clip_skip}' (AUTOMATIC1111 does not apply it to "
@@ -423,6 +439,19 @@ def generate(
                     "names are not in this model (made for a larger one, e.g. SDXL on SSD-1B/Vega)",
                     err=True,
                 )
+
+
+def check_recorded_tiny_vae(engine, stored: dict[str, Any]) -> None:
+    """--from-png of a fast-decoded image: the very tiny VAE it was decoded with (a built-in model brings its own)."""
+    recorded = stored.get("tiny_vae_hash")
+    if not recorded:
+        return
+    if engine.tiny_vae is None:
+        raise UserError(f"the image was decoded with the tiny VAE {stored.get('tiny_vae')}: pass it again with "
+                        "--tiny-vae")  # fmt: skip
+    if engine.tiny_vae.hash != recorded:
+        raise UserError(f"{engine.tiny_vae.name} is not the tiny VAE the image was decoded with (hash "
+                        f"{engine.tiny_vae.hash}, recorded {recorded})")  # fmt: skip
 
 
 def check_recorded_mask(png: Path, stored: dict[str, Any], request) -> None:

@@ -19,6 +19,15 @@ from ssdxl.server import PREVIEW_EVERY
 DataOption = Annotated[
     Path | None, typer.Option("--data", help="Job store and images folder (default ~/.local/share/ssdxl/server).")
 ]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="SSDXL_STORE",
+        help="postgresql://USER:PASSWORD@HOST/DB: jobs, keys and images in PostgreSQL, shared by servers and workers "
+        "on any machine (default: SQLite in --data). Also read from $SSDXL_STORE.",
+    ),
+]
 ModelOption = Annotated[
     list[str] | None,
     typer.Option("--model", "-m", help="NAME=PATH (folder, .safetensors or repo id); repeatable. Built-ins are added."),
@@ -53,6 +62,14 @@ StylesFileOption = Annotated[
 ModelVaeOption = Annotated[
     list[str] | None,
     typer.Option("--model-vae", help="NAME=PATH: the VAE (folder or file) model NAME decodes with; repeatable."),
+]
+ModelTinyVaeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-tiny-vae",
+        help="NAME=PATH: a tiny VAE (TAESD / TAESDXL folder or file) for model NAME's previews and fast_decode "
+        "requests; built-in models have their own; repeatable.",
+    ),
 ]
 MaxBatchOption = Annotated[int, typer.Option("--max-batch", help="Images per UNet batch.")]
 PreviewEveryOption = Annotated[
@@ -90,6 +107,7 @@ def _config(
     ip_adapter_dir: list[Path] | None = None,
     styles_file: list[Path] | None = None,
     model_vae: list[str] | None = None,
+    model_tiny_vae: list[str] | None = None,
     **settings,
 ):
     from ssdxl.server.config import ServerConfig, default_data_dir, parse_model_loras, parse_specs
@@ -106,6 +124,7 @@ def _config(
         ip_adapter_dirs=list(ip_adapter_dir or []),
         styles_files=list(styles_file or []),
         model_vaes=parse_specs(model_vae or [], "--model-vae"),
+        model_tiny_vaes=parse_specs(model_tiny_vae or [], "--model-tiny-vae"),
         **settings,
     )
 
@@ -121,9 +140,11 @@ def serve(
     ip_adapter_dir: IpAdapterDirOption = None,
     styles_file: StylesFileOption = None,
     model_vae: ModelVaeOption = None,
+    model_tiny_vae: ModelTinyVaeOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the server.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
     data: DataOption = None,
+    store: StoreOption = None,
     redis: Annotated[
         str | None, typer.Option("--redis", help="redis://HOST:PORT: jobs run in `ssdxl worker` processes.")
     ] = None,
@@ -175,6 +196,7 @@ def serve(
         ip_adapter_dir,
         styles_file,
         model_vae,
+        model_tiny_vae,
         redis_url=redis,
         device=device,
         dtype=dtype,
@@ -186,6 +208,7 @@ def serve(
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         public_url=public_url,
         reset_store=reset_store,
+        store=store,
     )
     app = create_app(config)  # a damaged store: StoreDamaged, one line and exit code 2
     typer.echo(f"ssdxl serving {', '.join(app.state.service.registry.names())} on http://{host}:{port}", err=True)
@@ -203,19 +226,25 @@ def worker(
     upscaler_dir: UpscalerDirOption = None,
     ip_adapter_dir: IpAdapterDirOption = None,
     model_vae: ModelVaeOption = None,
+    model_tiny_vae: ModelTinyVaeOption = None,
     data: DataOption = None,
+    store: StoreOption = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads")] = None,
     max_batch: MaxBatchOption = MAX_SAMPLES,
     preview_every: PreviewEveryOption = PREVIEW_EVERY,
     max_loaded_models: MaxLoadedOption = None,
+    max_side: Annotated[
+        int, typer.Option("--max-side", help="As given to `ssdxl serve --max-side` (hires and outpaint sizes).")
+    ] = MAX_SIDE,
     burst: Annotated[bool, typer.Option("--burst", help="Exit when the queue is empty.")] = False,
 ) -> None:
-    """Run jobs for a server started with --redis; --data must be the server's (shared) folder, and --model,
-    --refiner, --model-lora, --model-vae, --lora-dir, --embedding-dir, --controlnet-dir, --upscaler-dir and
-    --ip-adapter-dir should name what the server's do."""
-    from ssdxl.server.dispatch import run_worker
+    """Run jobs for a server started with --redis; --store must be the server's PostgreSQL (or --data its shared
+    folder), and --model, --refiner, --model-lora, --model-vae, --model-tiny-vae, --lora-dir, --embedding-dir,
+    --controlnet-dir, --upscaler-dir and --ip-adapter-dir should name what the server's do."""
+    from ssdxl.sampling.limits import RequestLimits
+    from ssdxl.server.dispatch import RedisNotifier, run_worker
     from ssdxl.server.registry import ModelRegistry
     from ssdxl.server.runner import Runner
     from ssdxl.server.storage import open_data
@@ -231,16 +260,26 @@ def worker(
         upscaler_dir,
         ip_adapter_dir,
         model_vae=model_vae,
+        model_tiny_vae=model_tiny_vae,
         device=device,
         dtype=dtype,
         threads=threads,
         max_batch=max_batch,
         max_loaded_models=max_loaded_models,
+        limits=RequestLimits(max_side=max_side),
+        store=store,
     )
-    store, storage = open_data(config)
+    jobs, storage = open_data(config)
     registry = ModelRegistry.from_config(config)
     runner = Runner(
-        store, storage, registry, max_batch=max_batch, lease=config.lease, threads=threads, preview_every=preview_every
+        jobs,
+        storage,
+        registry,
+        max_batch=max_batch,
+        lease=config.lease,
+        threads=threads,
+        preview_every=preview_every,
+        notifier=RedisNotifier(redis),  # wakes the servers' requests waiting on this worker's jobs
     )
     typer.echo(f"ssdxl worker {runner.worker} serving {', '.join(registry.names())}", err=True)
     run_worker(runner, redis, burst=burst)
@@ -252,12 +291,12 @@ keys = typer.Typer(
 )
 
 
-def _key_store(data: Path | None):
+def _key_store(data: Path | None, store: str | None):
     from ssdxl.server.auth import KeyStore
     from ssdxl.server.config import default_data_dir
     from ssdxl.server.storage import open_database
 
-    return KeyStore(open_database(data or default_data_dir()))  # a damaged store is refused, never re-made
+    return KeyStore(open_database(data or default_data_dir(), url=store))  # a damaged store is refused, never re-made
 
 
 @keys.command("add")
@@ -265,20 +304,21 @@ def keys_add(
     name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")] = "default",
     rate: Annotated[str | None, typer.Option("--rate", help="Jobs a minute, e.g. 60/min or 2/s.")] = None,
     data: DataOption = None,
+    store: StoreOption = None,
 ) -> None:
     """Make a key and print it (only now: the store keeps its hash)."""
     from ssdxl.server.auth import parse_burst, parse_rate
 
     limits = (parse_rate(rate), parse_burst(rate)) if rate is not None else (None, None)
-    key, token = _key_store(data).add(name, *limits)
+    key, token = _key_store(data, store).add(name, *limits)
     typer.echo(token)
     typer.echo(f"key {key.id} ({name}) added; store it now, it cannot be shown again", err=True)
 
 
 @keys.command("list")
-def keys_list(data: DataOption = None) -> None:
+def keys_list(data: DataOption = None, store: StoreOption = None) -> None:
     """Keys by id, name, rate limit and creation time (never the keys themselves)."""
-    for key in _key_store(data).list():
+    for key in _key_store(data, store).list():
         rate = f"{key.rate_per_min:g}/min" if key.rate_per_min else "unlimited"
         created = datetime.datetime.fromtimestamp(key.created).isoformat(timespec="seconds")
         typer.echo(f"{key.id}\t{key.name}\t{rate}\t{created}")
@@ -288,19 +328,20 @@ def keys_list(data: DataOption = None) -> None:
 def keys_remove(
     key: Annotated[str, typer.Argument(help="A key id, or a name (removes every key of that name).")],
     data: DataOption = None,
+    store: StoreOption = None,
 ) -> None:
     """Remove a key; requests using it are refused from then on."""
-    store = _key_store(data)
-    removed = store.remove(key)
+    key_store = _key_store(data, store)
+    removed = key_store.remove(key)
     if not removed:
         raise UserError(f"no key {key!r}")
     typer.echo(f"removed {removed} key(s)")
-    if not store.any():
+    if not key_store.any():
         typer.echo("no key is left: the server refuses every request until `ssdxl keys add` (or `ssdxl keys open`)")
 
 
 @keys.command("open")
-def keys_open(data: DataOption = None) -> None:
+def keys_open(data: DataOption = None, store: StoreOption = None) -> None:
     """Let the server answer without keys again (only once every key is removed)."""
-    _key_store(data).open_up()
+    _key_store(data, store).open_up()
     typer.echo("keys are no longer required: every request is answered without one")

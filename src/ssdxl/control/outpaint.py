@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ssdxl.errors import UserError
-from ssdxl.sampling.limits import MAX_SIDE
+from ssdxl.sampling.limits import MAX_SIDE, canvas_size, check_canvas
 
 SIDES = ("left", "top", "right", "bottom")
 MAX_GROW = 2048  # pixels a side may grow by in one request
@@ -32,9 +32,10 @@ class Canvas:
 
 
 def check_sides(
-    sides: tuple[int, int, int, int], init: Image.Image | None, mask: Image.Image | None
+    sides: tuple[int, int, int, int], init: Image.Image | None, mask: Image.Image | None, max_side: int = MAX_SIDE
 ) -> tuple[int, int, int, int]:
-    """The (left, top, right, bottom) growth, checked: whole pixels, none negative, some growth, an image."""
+    """The (left, top, right, bottom) growth, checked: whole pixels, none negative, some growth, an image, and a
+    grown canvas within ``max_side`` a side (``check_canvas``: a FieldError under ``outpaint``)."""
     if init is None:
         raise UserError("outpainting needs an init image to grow")
     if mask is not None:
@@ -44,9 +45,7 @@ def check_sides(
     sides = tuple(int(v) for v in sides)
     if min(sides) < 0 or max(sides) > MAX_GROW or not any(sides):
         raise UserError(f"outpaint sides must be between 0 and {MAX_GROW} pixels, at least one above 0; got {sides}")
-    width, height = canvas_size(init.size, sides)
-    if max(width, height) > MAX_SIDE:  # the grown canvas is the image made
-        raise UserError(f"outpainting would make a {width}x{height} canvas; its sides must be at most {MAX_SIDE}")
+    check_canvas(init.size, sides, "outpaint", max_side)  # the grown canvas is the image made
     return sides
 
 
@@ -63,11 +62,6 @@ def parse_sides(text: str) -> tuple[int, int, int, int]:
         for target in targets:
             grow[target] = int(value)
     return tuple(grow[s] for s in SIDES)
-
-
-def canvas_size(size: tuple[int, int], sides: tuple[int, int, int, int]) -> tuple[int, int]:
-    left, top, right, bottom = sides
-    return size[0] + left + right, size[1] + top + bottom
 
 
 def grow(image: Image.Image, sides: tuple[int, int, int, int], *, overlap: int = OVERLAP) -> Canvas:

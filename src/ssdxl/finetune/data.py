@@ -23,10 +23,10 @@ from ssdxl.training.data import (
     Batch,
     BucketBatches,
     IndexedSource,
-    aspect_buckets,
+    buckets_at,
+    check_resolution,
     nearest_bucket,
     open_source,
-    used_buckets,
 )
 
 CLASS_BATCH = 8  # class images drawn per pipeline call
@@ -39,12 +39,10 @@ def resolution(cfg: FinetuneConfig, parts: Components) -> int:
 
 def buckets_for(cfg: FinetuneConfig, parts: Components, source: IndexedSource) -> list[tuple[int, int]]:
     side, multiple = resolution(cfg, parts), parts.size_multiple
-    if side % multiple:
-        raise UserError(f"--resolution {side} must be a multiple of {multiple} for this model")
     if not cfg.buckets:
+        check_resolution(side, multiple)
         return [(side, side)]
-    buckets = aspect_buckets(side, multiple)
-    return used_buckets(source, buckets) if hasattr(source, "__len__") else buckets
+    return buckets_at(source, side, multiple)
 
 
 def open_data(cfg: FinetuneConfig) -> IndexedSource:

@@ -1,5 +1,5 @@
-"""Models shipped inside the package: diffusers folders under ``ssdxl/builtin/<name>/``, and LoRAs made
-for them under ``ssdxl/builtin/loras/``.
+"""Models shipped inside the package: diffusers folders under ``ssdxl/builtin/<name>/``, and LoRAs, ControlNets and
+tiny VAEs made for them under ``ssdxl/builtin/loras/``, ``controlnets/`` and ``tiny_vaes/``.
 
 They are trained by the project itself (``scripts/train_builtin.sh``), so ``ssdxl generate`` works
 offline on a fresh install with no ``--model``.
@@ -39,3 +39,17 @@ def controlnet_dirs() -> list[Path]:
     """The folder of built-in ControlNets (``ssdxl finetune controlnet`` made them for the built-in models)."""
     folder = _root() / "controlnets"
     return [folder] if folder.is_dir() else []
+
+
+def tiny_vae(space: str) -> Path | None:
+    """The shipped tiny VAE (``AutoencoderTiny`` folder made by ``ssdxl train tiny-vae``) that reads latents ``space``
+    (``vae.latent_space``'s words, which its ``ssdxl.json`` records): the built-in models' and those fine-tuned from
+    them, which keep their VAE. None when there is none."""
+    import json
+
+    folder = _root() / "tiny_vaes"
+    for candidate in sorted(folder.iterdir()) if folder.is_dir() else ():
+        info = candidate / "ssdxl.json"
+        if info.is_file() and json.loads(info.read_text()).get("latent_space") == space:
+            return candidate
+    return None

@@ -1,9 +1,15 @@
-"""Step previews without the VAE: a model's latent channels mapped to RGB by one linear map (and bias).
+"""Step previews: a model's latents as a picture while it samples, by its tiny VAE where it has one, else by one
+linear map.
 
-The map is the family's least-squares fit from latents to decoded colours (``LatentFormat.rgb_factors``, as
-ComfyUI's previews use), or the model's own when it ships one (``ssdxl.json``'s pipeline
-``latent_rgb_factors`` / ``latent_rgb_bias``, fitted by ``fit_latent_rgb``: the built-in models' VAE is not
-SDXL's). A preview costs a channels x 3 product per latent pixel: an image 1/8 (or 1/4) of the output size.
+The linear map (and bias) takes a model's latent channels to RGB: the family's least-squares fit from latents to
+decoded colours (``LatentFormat.rgb_factors``, as ComfyUI's previews use), or the model's own when it ships one
+(``ssdxl.json``'s pipeline ``latent_rgb_factors`` / ``latent_rgb_bias``, fitted by ``fit_latent_rgb``: the built-in
+models' VAE is not SDXL's). It costs a channels x 3 product per latent pixel: an image 1/8 (or 1/4) of the output size.
+
+A tiny VAE (``ssdxl.models.tiny_vae``: TAESD / TAESDXL, or the one a built-in model ships) draws the preview at full
+size with the shapes and edges the linear map blurs away. Its cost grows with the area, so latents larger than
+``TINY_PREVIEW_SIDE`` a side are area-averaged down to it first: a preview is at most 512 px a side for a ÷8 VAE (one
+TAESD decode of 64x64 latents), whatever the image's size.
 """
 
 from __future__ import annotations
@@ -12,10 +18,14 @@ import io
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ssdxl.models.families import LatentFormat
+from ssdxl.models.tiny_vae import TinyVAE
 from ssdxl.models.vae import to_unet
+
+TINY_PREVIEW_SIDE = 64  # latents a side a tiny-VAE preview decodes at most (larger ones are area-averaged to it)
 
 
 def latent_preview(latents: torch.Tensor, fmt: LatentFormat) -> Image.Image:
@@ -27,9 +37,24 @@ def latent_preview(latents: torch.Tensor, fmt: LatentFormat) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def preview_png(latents: torch.Tensor, fmt: LatentFormat) -> bytes:
+def tiny_preview(latents: torch.Tensor, tiny: TinyVAE) -> Image.Image:
+    """One image's latents [C, h, w] (or [1, C, h, w]) decoded by a tiny VAE: the full-size image, or for latents
+    over ``TINY_PREVIEW_SIDE`` a side, the image of their area average at that size."""
+    x = latents.reshape(1, -1, *latents.shape[-2:])
+    h, w = x.shape[-2:]
+    if max(h, w) > TINY_PREVIEW_SIDE:
+        scale = TINY_PREVIEW_SIDE / max(h, w)
+        x = F.interpolate(x.float(), size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+    pixels = tiny.decode(x)[0].nan_to_num(0.0).cpu()
+    array = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def preview_png(latents: torch.Tensor, fmt: LatentFormat, tiny: TinyVAE | None = None) -> bytes:
+    """The preview of one image's latents as PNG bytes: by ``tiny`` where given, else by ``fmt``'s linear map."""
     buffer = io.BytesIO()
-    latent_preview(latents, fmt).save(buffer, format="PNG")
+    image = tiny_preview(latents, tiny) if tiny is not None else latent_preview(latents, fmt)
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ssdxl.errors import UserError, first_line
@@ -73,11 +73,12 @@ def _load_source(
     raise UserError(f"model {text!r} not found: not a built-in name ({known}), folder, file or Hugging Face repo id")
 
 
-def download(repo_id: str) -> Path:
-    """A repo's snapshot from the local Hugging Face cache, fetched only if the network is allowed."""
+def download(repo_id: str, files: tuple[str, ...] = ("*.json", "*/*.txt", "*/*.safetensors")) -> Path:
+    """A repo's snapshot (the ``files`` patterns: a pipeline's by default) from the local Hugging Face cache, fetched
+    only if the network is allowed."""
     from huggingface_hub import snapshot_download
 
-    patterns = {"allow_patterns": ["*.json", "*/*.txt", "*/*.safetensors"]}
+    patterns = {"allow_patterns": list(files)}
     try:
         return Path(snapshot_download(repo_id, local_files_only=True, **patterns))
     except Exception:
@@ -183,7 +184,7 @@ def from_pretrained(cls: Any, folder: Path, dtype: torch.dtype, allow_pickle: bo
     if safe and not any(f.count(".") == 1 for f in safe):
         variant = safe[0].split(".")[-2]
     kwargs: dict[str, Any] = {"use_safetensors": bool(safe), "variant": variant}
-    if cls in (UNet2DConditionModel, AutoencoderKL):
+    if cls in (UNet2DConditionModel, AutoencoderKL, AutoencoderTiny):
         kwargs["torch_dtype"] = dtype
         return cls.from_pretrained(folder, **kwargs)
     return cls.from_pretrained(folder, dtype=dtype, **kwargs)

@@ -101,5 +101,11 @@ def to_vae(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
 def latent_space(vae: AutoencoderKL, scale: bool = True) -> str:
     """What two VAEs must share to read each other's latents (a swap, a base and its refiner), in words."""
     config = vae.config
-    text = f"VAE ÷{2 ** (len(config.block_out_channels) - 1)}, {config.latent_channels} latent channels"
-    return f"{text}, latent scale {config.scaling_factor:g}" if scale else text
+    downscale = 2 ** (len(config.block_out_channels) - 1)
+    return space_text(downscale, config.latent_channels, config.scaling_factor if scale else None)
+
+
+def space_text(downscale: int, channels: int, scale: float | None = None) -> str:
+    """``latent_space``'s words for a latent space given by its numbers (a tiny VAE has no scale of its own)."""
+    text = f"VAE ÷{downscale}, {channels} latent channels"
+    return f"{text}, latent scale {scale:g}" if scale is not None else text

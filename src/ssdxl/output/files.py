@@ -7,6 +7,7 @@ JPEG and WebP are written without metadata.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,20 @@ def save_image(generated: GeneratedImage, path: Path) -> Path:
         raise UserError(f"unsupported output format {path.suffix!r}; use .png, .jpg or .webp")
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "PNG":
-        meta = PngImagePlugin.PngInfo()
-        meta.add_text("parameters", generated.infotext)
-        meta.add_text("ssdxl", json.dumps(generated.params))
-        generated.image.save(path, format=fmt, pnginfo=meta)
+        path.write_bytes(png_bytes(generated))
     else:
         generated.image.save(path, format=fmt, quality=95)
     return path
+
+
+def png_bytes(generated: GeneratedImage) -> bytes:
+    """The image as a PNG carrying its infotext and its full request (what ``save_image`` writes to a .png)."""
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("parameters", generated.infotext)
+    meta.add_text("ssdxl", json.dumps(generated.params))
+    out = io.BytesIO()
+    generated.image.save(out, format="PNG", pnginfo=meta)
+    return out.getvalue()
 
 
 def output_paths(path: Path, count: int) -> list[Path]:
@@ -83,6 +91,7 @@ def _request_from_infotext(info: dict[str, str]) -> tuple[GenerationRequest, dic
             strength=float(info["Denoising strength"]) if "Denoising strength" in info else None,
             clip_skip=int(info.get("Clip skip", 1)),
             guidance_rescale=float(info.get("CFG Rescale phi", 0)),
+            fast_decode="Tiny VAE" in info,
         )
         if "Hires upscale" in info or "Hires resize" in info:  # txt2img + hires: the strength is the second pass's
             width, height = parse_size(info.get("Hires resize", "0x0"), "infotext Hires resize")

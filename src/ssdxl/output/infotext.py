@@ -27,6 +27,8 @@ def build_infotext(params: dict[str, Any], *, model_name: str, model_hash: str, 
         "Model": model_name,
         "VAE hash": params.get("vae_hash"),
         "VAE": params.get("vae"),
+        "Tiny VAE hash": params.get("tiny_vae_hash") if params.get("fast_decode") else None,
+        "Tiny VAE": params.get("tiny_vae") if params.get("fast_decode") else None,  # decoded by it (--fast-decode)
     }
     if params.get("strength") is not None:
         fields["Denoising strength"] = _number(params["strength"])

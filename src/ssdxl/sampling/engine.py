@@ -41,10 +41,21 @@ from ssdxl.errors import FieldError, UserError
 from ssdxl.models import builtin
 from ssdxl.models.components import Components
 from ssdxl.models.loading import file_hash, load_components, weights_file
+from ssdxl.models.tiny_vae import TinyVAE, load_tiny_vae, missing_message
 from ssdxl.models.vae import latent_space, load_vae, to_unet, to_vae, vae_weights
 from ssdxl.output.infotext import build_infotext
 from ssdxl.sampling.denoiser import GuidedDenoiser, Inpainting, ModelCall
-from ssdxl.sampling.limits import MAX_SIDE, MAX_STEPS, MIN_SIDE, OVERSIZE_AREA, SIZE_MULTIPLE, check_request, check_side
+from ssdxl.sampling.limits import (
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_SIDE,
+    OVERSIZE_AREA,
+    SIZE_MULTIPLE,
+    check_hires_size,
+    check_request,
+    check_side,
+    hires_size,
+)
 from ssdxl.sampling.loop import StepCallback, denoise, schedule_slice
 from ssdxl.sampling.precision import dtype_name, pick_device, pick_dtype
 from ssdxl.sampling.request import ControlUnit, GeneratedImage, GenerationRequest, GenerationResult, ImagePrompt
@@ -91,6 +102,7 @@ class Engine:
         allow_pickle: bool = False,
         ip_adapter_dirs: tuple[Path, ...] = (),
         styles: dict[str, Style] | None = None,
+        tiny_vae: TinyVAE | None = None,
     ):
         if refiner is not None:
             _check_pair(base, refiner)
@@ -113,6 +125,7 @@ class Engine:
         self.allow_paths = self.controls.allow_paths
         self.image_encoders = ImageEncoders()
         self.styles = load_styles() if styles is None else styles  # prompt styles requests name (built-in + files)
+        self.tiny_vae = tiny_vae  # fast decode (GenerationRequest.fast_decode) and server previews; None: none
 
     @classmethod
     def load(
@@ -136,6 +149,7 @@ class Engine:
         styles_files: tuple[str | Path, ...] = (),
         prediction: str | None = None,
         zero_snr: bool = False,
+        tiny_vae: str | Path | None = None,
     ) -> Engine:
         """``backend``: torch, openvino, or auto (OpenVINO where installed and exported); ``optimize``
         applies the measured CPU settings of ``ssdxl.speed.tuning``; ``lora_dirs`` / ``embedding_dirs``
@@ -143,7 +157,9 @@ class Engine:
         ``allow_paths`` False takes control models, IP-Adapters and upscalers from those folders only; ``vae``
         replaces the models' VAE (``ssdxl.models.vae``); ``styles_files`` (A1111 ``styles.csv`` or JSON) add
         prompt styles to the built-in ones.
-        ``prediction`` (v / eps) and ``zero_snr`` override the base model's scheduler config (``load_components``)."""
+        ``prediction`` (v / eps) and ``zero_snr`` override the base model's scheduler config (``load_components``).
+        ``tiny_vae`` (an ``AutoencoderTiny`` folder or TAESD file, ``ssdxl.models.tiny_vae``) decodes requests that
+        ask for ``fast_decode`` and the server's previews; a built-in model gets the one shipped for it."""
         styles = load_styles(styles_files)  # a bad file fails before the model loads
         library = AdapterLibrary(lora_dirs, embedding_dirs, allow_pickle=allow_pickle)
         controls = ControlLibrary(controlnet_dirs, allow_pickle=allow_pickle, allow_paths=allow_paths)
@@ -159,6 +175,9 @@ class Engine:
                 _swap_vae(m, vae, torch_device, torch_dtype, allow_pickle)
                 if optimize:
                     tuning.apply_vae(m.components.vae, torch_device)
+        tiny = _load_tiny(base, tiny_vae, torch_device, torch_dtype, allow_pickle)
+        if tiny is not None and optimize:
+            tuning.apply_vae(tiny.model, torch_device)  # channels-last: 1.8x on CPU for the built-in one in float32
         upscalers, ip_adapters = tuple(map(Path, upscaler_dirs)), tuple(map(Path, ip_adapter_dirs))
         return cls(
             base,
@@ -173,6 +192,7 @@ class Engine:
             allow_pickle,
             ip_adapters,
             styles=styles,
+            tiny_vae=tiny,
         )
 
     def enable_tiled_vae(self) -> None:
@@ -227,6 +247,8 @@ class Engine:
         if r.hires is not None:
             r.hires = dataclasses.replace(r.hires, steps=r.hires.steps or None)
             self._check_hires(r)
+        if r.fast_decode and self.tiny_vae is None:
+            raise UserError(missing_message(self.base.components.vae, self.base.source))
         if r.cache_interval > 1 and (r.controls or r.image_prompts):
             raise UserError("DeepCache (cache interval > 1) cannot run with ControlNets or IP-Adapters; use interval 1")
         for text in (r.prompt, r.negative_prompt):
@@ -266,9 +288,7 @@ class Engine:
             raise UserError(f"hires scale must be between 1 and {MAX_HIRES_SCALE:g}, got {hr.scale}")
         if (hr.width or 0) < 0 or (hr.height or 0) < 0:
             raise UserError("hires width and height must be positive (0 or none: use the scale)")
-        width, height = hires_size(r)
-        if max(width, height) > MAX_SIDE or min(width, height) < MIN_SIDE:
-            raise UserError(f"hires fix would make {width}x{height}; sides must be between {MIN_SIDE} and {MAX_SIDE}")
+        check_hires_size(r)  # the rule the server applies with its own side limit
         if hr.steps is not None and not 1 <= hr.steps <= MAX_STEPS:
             raise UserError(f"hires steps must be between 1 and {MAX_STEPS} (0: the first pass's), got {hr.steps}")
         if not 0 < hr.strength <= 1:
@@ -350,8 +370,9 @@ class Engine:
 
     def batch_key(self, request: GenerationRequest) -> tuple:
         """What resolved requests must share to run as one batch: all but prompts, seeds, sample
-        counts, images and the per-image micro-conditioning; and the prompts' lengths in 75-token
-        chunks, since conditioning of different lengths cannot be stacked (tokenizing only, no encoder)."""
+        counts, images, the per-image micro-conditioning and the decoder (``fast_decode``: each image decodes
+        alone); and the prompts' lengths in 75-token chunks, since conditioning of different lengths cannot be
+        stacked (tokenizing only, no encoder)."""
         r = request
         size_and_schedule = (r.kind, r.width, r.height, r.steps, r.scheduler, r.strength)
         guidance = (r.guidance_scale, r.guidance_cutoff, r.guidance_rescale, r.cache_interval, r.clip_skip)
@@ -388,6 +409,7 @@ class Engine:
 
     def generate(self, request: GenerationRequest, callback: StepCallback | None = None) -> GenerationResult:
         r = self.resolve(request)
+        self._use_threads(r)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         with torch.inference_mode(), self._patched(r):
@@ -395,6 +417,11 @@ class Engine:
             images = [self._finish(self._sample([row], timings, callback), [row], timings)[0] for row in rows]
         timings["total"] = time.perf_counter() - t_start
         return GenerationResult(images=images, timings=timings, model=self.model_name, warnings=self.warnings(r))
+
+    def _use_threads(self, r: GenerationRequest) -> None:
+        """The whole request (text encoders, VAE, UNet) on the thread count its size calls for (``speed.threads``)."""
+        scale = self.base.components.vae_scale
+        self.runtime.use_threads(self.base.components.unet, (r.width // scale) * (r.height // scale))
 
     def generate_batch(
         self, requests: list[GenerationRequest], callback: StepCallback | None = None
@@ -408,6 +435,7 @@ class Engine:
         resolved = [self.resolve(r) for r in requests]
         if len({self.batch_key(r) for r in resolved}) > 1:
             raise ValueError("requests differ in settings that must be shared; group them by Engine.batch_key")
+        self._use_threads(resolved[0])
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         with torch.inference_mode(), self._patched(resolved[0]):
@@ -596,7 +624,10 @@ class Engine:
         for row, row_latents in zip(rows, latents.split(1), strict=True):
             r = row.request
             with _timed(timings, "decode"):
-                image = self._decode(self._final_vae(r), row_latents)
+                if r.fast_decode:
+                    image = self._decode_tiny(row_latents)
+                else:
+                    image = self._decode(self._final_vae(r), row_latents)
             if r.kind == "inpaint":
                 image = _composite(row.canvas.image.resize(image.size), image, row.canvas.keep.resize(image.size))
             params = {
@@ -607,6 +638,8 @@ class Engine:
                 "refiner_model": self.refiner.source if r.refiner else None,
                 "vae": self.base.vae,
                 "vae_hash": self.base.vae_hash or None,
+                "tiny_vae": self.tiny_vae.name if r.fast_decode else None,  # the decoder of --fast-decode
+                "tiny_vae_hash": self.tiny_vae.hash if r.fast_decode else None,
                 # what the scheduler was told the model predicts (--prediction / --zero-snr re-applied by --from-png)
                 "prediction": self.base.components.scheduler_config.get("prediction_type", "epsilon"),
                 "zero_snr": bool(self.base.components.scheduler_config.get("rescale_betas_zero_snr")),
@@ -676,6 +709,15 @@ class Engine:
         image = self._run_vae_decode(vae, latents, self._vae_dtype(vae))
         if not torch.isfinite(image).all() and self._vae_dtype(vae) != torch.float32:
             image = self._run_vae_decode(vae, latents, torch.float32)  # overflow at low precision: retry
+        _check_finite(image, "decoded image", self.dtype)
+        return _to_pil(image[0])
+
+    def _decode_tiny(self, latents: torch.Tensor) -> Image.Image:
+        """The fast decode: the tiny VAE reads the UNet's latents as diffusers' pipelines give them to an
+        AutoencoderTiny (``ssdxl.models.tiny_vae.decode``), in the engine's dtype (float32 again on overflow)."""
+        image = self.tiny_vae.decode(latents)
+        if not torch.isfinite(image).all() and self.tiny_vae.model.dtype != torch.float32:
+            image = self.tiny_vae.decode(latents, torch.float32)
         _check_finite(image, "decoded image", self.dtype)
         return _to_pil(image[0])
 
@@ -756,20 +798,6 @@ def _patched_unet(r: GenerationRequest) -> bool:
     return bool(r.loras or r.controls or r.image_prompts)
 
 
-def hires_size(r: GenerationRequest) -> tuple[int, int]:
-    """The second pass's (width, height): A1111's hr_resize_x/y (one of them keeps the aspect), else the scale;
-    multiples of 8."""
-    hr = r.hires
-    if hr.width and hr.height:
-        width, height = hr.width, hr.height
-    elif hr.width or hr.height:
-        ratio = (hr.width / r.width) if hr.width else (hr.height / r.height)
-        width, height = hr.width or r.width * ratio, hr.height or r.height * ratio
-    else:
-        width, height = r.width * hr.scale, r.height * hr.scale
-    return (int(round(width / SIZE_MULTIPLE)) * SIZE_MULTIPLE, int(round(height / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
-
-
 def _stack(pairs: list[tuple[Conditioning, Conditioning]]) -> tuple[Conditioning, Conditioning]:
     """Per-row (cond, uncond) pairs as one batched (cond, uncond) pair."""
     lengths = sorted({part.embeds.shape[1] for pair in pairs for part in pair})
@@ -808,6 +836,18 @@ def _swap_vae(model: LoadedModel, source: str | Path, device: torch.device, dtyp
     comps.vae.requires_grad_(False)
     weights = vae_weights(source)
     model.vae, model.vae_hash = Path(source).expanduser().name, file_hash(weights) if weights else ""
+
+
+def _load_tiny(model: LoadedModel, source, device: torch.device, dtype: torch.dtype, allow_pickle) -> TinyVAE | None:
+    """The tiny VAE at ``source``, or the built-in one made for the model's latents (the built-in models and
+    models fine-tuned from them), or None."""
+    vae = model.components.vae
+    path = Path(source).expanduser() if source is not None else builtin.tiny_vae(latent_space(vae))
+    if path is None:
+        return None
+    tiny = load_tiny_vae(path, vae, dtype=dtype, allow_pickle=allow_pickle, model=model.source)
+    tiny.model.to(device)
+    return tiny
 
 
 def _check(r: GenerationRequest, refiner_loaded: bool) -> None:

@@ -6,6 +6,11 @@ job). The server's field types (``server/schemas.py``) are built from the same n
 whichever way it came in. A server may lower the side, step and sample limits (``RequestLimits``, ``ssdxl serve
 --max-side/--max-steps/--max-samples``), never raise them.
 
+The images a request makes besides its first pass are sized by one rule each, taking the side limit as a parameter (the
+shared ``MAX_SIDE`` unless a server lowered it): a hires fix's second pass (``check_hires_size``) and an outpaint's
+grown canvas (``check_canvas``). ``check_request`` applies the canvas rule as soon as the request is given; the engine
+and the server apply the hires rule where the first pass's size is known.
+
 Sizes are (width, height) wherever a request holds one (``original_size``, ``target_size``, ``--original-size WxH``);
 SDXL's ``time_ids`` take (height, width), and the engine turns them round there, once.
 
@@ -78,6 +83,45 @@ def check_side(field: str, value: int, max_side: int = MAX_SIDE) -> None:
         raise FieldError(field, f"{value} is not {bounds}; nearest valid: {nearest}")
 
 
+def hires_size(r: GenerationRequest) -> tuple[int, int]:
+    """The second pass's (width, height): A1111's hr_resize_x/y (one of them keeps the aspect), else the scale;
+    multiples of 8. Needs the first pass's size unless both hires sides are given."""
+    hr = r.hires
+    if hr.width and hr.height:
+        width, height = hr.width, hr.height
+    elif hr.width or hr.height:
+        ratio = (hr.width / r.width) if hr.width else (hr.height / r.height)
+        width, height = hr.width or r.width * ratio, hr.height or r.height * ratio
+    else:
+        width, height = r.width * hr.scale, r.height * hr.scale
+    return (int(round(width / SIZE_MULTIPLE)) * SIZE_MULTIPLE, int(round(height / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+
+
+def check_hires_size(r: GenerationRequest, field: str = "hires", max_side: int = MAX_SIDE) -> None:
+    """The hires fix's second pass (``hires_size``) within ``MIN_SIDE`` to ``max_side`` a side; else a FieldError
+    under ``field`` (the client's name for the hires settings)."""
+    width, height = hires_size(r)
+    if min(width, height) < MIN_SIDE or max(width, height) > max_side:
+        first = f" (first pass {r.width}x{r.height})" if r.width and r.height else ""
+        message = f"the second pass would be {width}x{height}{first}; sides must be between {MIN_SIDE} and {max_side}"
+        raise FieldError(field, message)
+
+
+def canvas_size(size: tuple[int, int], sides: tuple[int, int, int, int]) -> tuple[int, int]:
+    """An image of ``size`` grown by (left, top, right, bottom) pixels."""
+    left, top, right, bottom = sides
+    return size[0] + left + right, size[1] + top + bottom
+
+
+def check_canvas(
+    size: tuple[int, int], sides: tuple[int, int, int, int], field: str = "outpaint", max_side: int = MAX_SIDE
+) -> None:
+    """An outpaint's grown canvas (the image made) within ``max_side`` a side; else a FieldError under ``field``."""
+    width, height = canvas_size(size, sides)
+    if max(width, height) > max_side:
+        raise FieldError(field, f"the grown canvas would be {width}x{height}; its sides must be at most {max_side}")
+
+
 def check_request(r: GenerationRequest, limits: RequestLimits = LIMITS) -> None:
     """Every field given (None: the model's default, checked once known) within the limits, and no setting that
     needs an input the request lacks; a FieldError naming the first field at fault."""
@@ -113,6 +157,16 @@ def check_request(r: GenerationRequest, limits: RequestLimits = LIMITS) -> None:
     _between("guidance_rescale", r.guidance_rescale, 0, 1)
     if len(r.styles) > MAX_STYLES:
         raise FieldError("styles", f"at most {MAX_STYLES} styles a request; got {len(r.styles)}")
+    if r.outpaint is not None and r.init_image is not None and _well_formed(r.outpaint):
+        check_canvas(r.init_image.size, r.outpaint, "outpaint", limits.max_side)  # the rest: outpaint.check_sides
+
+
+def _well_formed(sides) -> bool:
+    """Four whole, non-negative pixel counts: what ``outpaint.check_sides`` refuses otherwise, with why."""
+    try:
+        return len(sides) == 4 and all(v >= 0 and int(v) == v for v in sides)
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def _between(field: str, value: float, low: float, high: float) -> None:

@@ -11,6 +11,9 @@ T2I-Adapter units, as sd-webui-controlnet's units), ``image_prompts`` (IP-Adapte
 init image's canvas and paint the new border) and ``hires`` (A1111's hires fix: generate, upscale,
 img2img at the larger size).
 
+``fast_decode`` decodes the final latents with the engine's tiny VAE (``ssdxl.models.tiny_vae``: TAESD / TAESDXL, or
+the one a built-in model ships) instead of the model's VAE: several times faster, a little less exact.
+
 ``styles`` names prompt styles (A1111's saved styles): ``Engine.resolve`` wraps the prompt and negative prompt in them
 and sets ``styles_applied``, so a resolved request (or one read back from a PNG) keeps the names as a record and is
 never styled twice.
@@ -116,6 +119,7 @@ class GenerationRequest:
     hires: Hires | None = None
     styles: list[str] = field(default_factory=list)  # prompt styles by name (ssdxl.conditioning.styles), in order
     styles_applied: bool = False  # the prompts already hold ``styles``: Engine.resolve expands them only once
+    fast_decode: bool = False  # final decode with the engine's tiny VAE (TAESD-style; Engine.load(tiny_vae=...))
 
     @property
     def kind(self) -> str:

@@ -26,7 +26,7 @@ from ssdxl.server.auth import AuthMiddleware, KeyStore, request_key
 from ssdxl.server.config import ServerConfig
 from ssdxl.server.dialects import a1111, controlnet, extras, openai, segmind
 from ssdxl.server.dispatch import LocalDispatch, RedisDispatch
-from ssdxl.server.errors import error_response
+from ssdxl.server.errors import StoreOutage, error_response
 from ssdxl.server.limits import BodySizeLimit, BodyTooLarge
 from ssdxl.server.notify import JobNotifier
 from ssdxl.server.registry import ModelRegistry
@@ -54,9 +54,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     segmind.check_model_names(config.models, (route for router in ROUTERS for route in router.routes))
     store, storage = open_data(config)
     registry = ModelRegistry.from_config(config)
-    notifier = JobNotifier()  # the in-process runner wakes waiters through it; workers' jobs are polled for
+    notifier = JobNotifier()  # the in-process runner, or the workers' events through Redis, wake waiters with it
     if config.redis_url:
-        dispatch = RedisDispatch(store, config.redis_url, poll=config.poll)
+        dispatch = RedisDispatch(store, config.redis_url, poll=config.poll, notifier=notifier)
     else:
         runner = Runner(
             store,
@@ -75,7 +75,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         log.warning(
             "API keys were configured for %s but none is left: every request is refused (401) until "
             "`ssdxl keys add` makes one (or `ssdxl keys open` lets requests in without keys)",
-            store.db.path,
+            store.db,
         )
 
     @asynccontextmanager
@@ -92,6 +92,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_middleware(IdempotencyMiddleware, service=service)
     app.add_middleware(AuthMiddleware, keys=keys, storage=storage)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(StoreOutage)  # outermost of ours: a store read anywhere below answers 503, never 500
     return app
 
 

@@ -89,10 +89,10 @@ def parse_rate(text: str) -> float:
 class KeyStore:
     def __init__(self, db: Database):
         self.db = db
-        self.marker = db.path.parent / KEYS_MARKER
+        self.marker = db.folder / KEYS_MARKER if db.folder is not None else None  # PostgreSQL: its meta row alone
         db.create(SCHEMA)
-        with db.transaction() as conn:  # stores made before bursts were recorded
-            if "burst" not in {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}:
+        if "burst" not in db.columns("api_keys"):  # stores made before bursts were recorded
+            with db.transaction() as conn:
                 conn.execute("ALTER TABLE api_keys ADD COLUMN burst REAL")
         if self.any():  # a store whose keys predate the record
             self._require()
@@ -102,11 +102,12 @@ class KeyStore:
         self._require()  # recorded first: a crash after this point still leaves the server closed
         token = KEY_PREFIX + secrets.token_urlsafe(32)
         with self.db.transaction() as conn:
-            cursor = conn.execute(
+            conn.execute(
                 "INSERT INTO api_keys (name, hash, rate_per_min, created, burst) VALUES (?, ?, ?, ?, ?)",
                 (name, _hash(token), rate_per_min, time.time(), burst),
-            )
-        return ApiKey(cursor.lastrowid, name, rate_per_min, time.time(), burst), token
+            )  # the new id read back by its unique hash: no RETURNING, which SQLite only has since 3.35
+            key_id = conn.execute("SELECT id FROM api_keys WHERE hash = ?", (_hash(token),)).fetchone()["id"]
+        return ApiKey(key_id, name, rate_per_min, time.time(), burst), token
 
     def list(self) -> list[ApiKey]:
         rows = self.db.connection().execute("SELECT id, name, rate_per_min, created, burst FROM api_keys ORDER BY id")
@@ -123,7 +124,7 @@ class KeyStore:
 
     def required(self) -> bool:
         """True once keys were configured for this store (the marker file or the store's record says so)."""
-        if self.marker.exists():
+        if self.marker is not None and self.marker.exists():
             return True
         row = self.db.connection().execute("SELECT 1 FROM meta WHERE key = ?", (KEYS_META,)).fetchone()
         return row is not None
@@ -134,10 +135,11 @@ class KeyStore:
             raise UserError("keys still exist: remove them first (ssdxl keys list / remove)")
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM meta WHERE key = ?", (KEYS_META,))
-        self.marker.unlink(missing_ok=True)
+        if self.marker is not None:
+            self.marker.unlink(missing_ok=True)
 
     def _require(self) -> None:
-        if not self.marker.exists():
+        if self.marker is not None and not self.marker.exists():
             fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
             with os.fdopen(fd, "w") as out:
                 out.write(
@@ -145,7 +147,10 @@ class KeyStore:
                     "needs a key, even if the store has lost its keys. `ssdxl keys open` removes it.\n"
                 )
         with self.db.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (KEYS_META, str(time.time())))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (KEYS_META, str(time.time())),
+            )
 
     def lookup(self, token: str) -> ApiKey | None:
         sql = "SELECT id, name, rate_per_min, created, burst FROM api_keys WHERE hash = ?"

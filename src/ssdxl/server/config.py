@@ -48,6 +48,7 @@ def _pairs(specs: list[str], option: str, shape: str) -> list[tuple[str, str]]:
 @dataclass
 class ServerConfig:
     data_dir: Path = field(default_factory=default_data_dir)
+    store: str | None = None  # a postgresql:// URL: jobs, keys and images in PostgreSQL (else SQLite in data_dir)
     models: dict[str, str] = field(default_factory=dict)  # name -> folder, file or repo id
     refiners: dict[str, str] = field(default_factory=dict)  # model name -> refiner source
     lora_dirs: list[Path] = field(default_factory=list)  # folders whose LoRAs clients may name
@@ -57,6 +58,9 @@ class ServerConfig:
     ip_adapter_dirs: list[Path] = field(default_factory=list)  # folders whose IP-Adapter files image prompts name
     model_loras: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # model name -> its own LoRAs
     model_vaes: dict[str, str] = field(default_factory=dict)  # model name -> the VAE it decodes with (A1111 "SD VAE")
+    model_tiny_vaes: dict[str, str] = field(
+        default_factory=dict
+    )  # model name -> tiny VAE (TAESD): previews, fast_decode
     styles_files: list[Path] = field(default_factory=list)  # A1111 styles.csv / JSON files adding prompt styles
     device: str = "auto"
     dtype: str = "auto"

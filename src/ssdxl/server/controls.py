@@ -6,9 +6,12 @@ of the ``--controlnet-dir`` / ``--ip-adapter-dir`` / ``--upscaler-dir`` folders 
 ``ip_adapters()`` / ``upscalers()``), never a path; A1111's ``name [hash]`` spelling of a model is taken too.
 Everything that can be wrong before a model is loaded — a unit's model name, image, preprocessor and its settings,
 schedule window and union type; an image prompt's adapter and pictures; a hires pass's upscaler and size; an
-outpaint's sides — is a 422 naming the field the client sent, when the request arrives. A hires pass on a request
-that leaves its size to the model's defaults is sized only when a runner resolves it against the model: a second
-pass over the server's sides fails that job alone (``check_hires_size``), before it runs. A ControlNet or IP-Adapter
+outpaint's sides — is a 422 naming the field the client sent, when the request arrives. The hires second pass and
+the outpaint canvas are held to the operator's side limit (``ssdxl serve --max-side``: ``registry.limits``) by the
+same rules the engine applies with the shared one (``ssdxl.sampling.limits``: ``check_hires_size``, ``check_canvas``;
+the canvas through ``check_request`` when the service accepts the job). A hires pass on a request that leaves its
+size to the model's defaults is sized only when a runner resolves it against the model: a second pass over the
+server's sides fails that job alone (``check_hires_size``), before it runs. A ControlNet or IP-Adapter
 made for another architecture shows when a runner loads it against the model's UNet: that job fails alone (a 400 on
 the synchronous APIs), as a LoRA for another architecture does.
 """
@@ -29,10 +32,10 @@ from ssdxl.control.ip_adapter import load_ip_adapter
 from ssdxl.control.models import UNION_TYPES, ControlLibrary
 from ssdxl.control.preprocess import check_preprocessor, get_preprocessor
 from ssdxl.errors import UserError
-from ssdxl.sampling.engine import MAX_IMAGE_PROMPTS, hires_size
+from ssdxl.sampling.engine import MAX_IMAGE_PROMPTS
+from ssdxl.sampling.limits import MAX_SIDE, check_hires_size
 from ssdxl.sampling.request import ControlUnit, GenerationRequest, ImagePrompt
 from ssdxl.server.errors import FieldError, public_text
-from ssdxl.server.schemas import MAX_SIDE, MIN_SIDE
 from ssdxl.upscale import LATENT_MODES
 
 if TYPE_CHECKING:
@@ -136,7 +139,8 @@ def accept_hires(
 ) -> GenerationRequest:
     """The request with its hires pass checked: txt2img without the refiner, an upscaler this server has (a latent
     mode, a filter or a model file, by name) and, when the second pass's size is known now (the first pass's size
-    given, or both hires sides), a second pass within the server's sides; otherwise the runner checks it."""
+    given, or both hires sides), a second pass within the server's sides (``registry.limits.max_side``); otherwise
+    the runner checks it (``check_hires_size``, the same rule, on the resolved request)."""
     if request.init_image is not None or request.refiner:
         raise FieldError(field, "the hires fix is for txt2img without the refiner")
     hires = request.hires
@@ -148,33 +152,18 @@ def accept_hires(
             raise FieldError(upscaler_field, f"{exc.reason}; or a latent mode: {', '.join(LATENT_MODES)}") from None
     request = dataclasses.replace(request, hires=dataclasses.replace(hires, upscaler=upscaler))
     if (request.width and request.height) or (hires.width and hires.height):
-        check_hires_size(request, field)
+        check_hires_size(request, field, registry.limits.max_side)
     return request
 
 
-def check_hires_size(request: GenerationRequest, field: str) -> None:
-    """A FieldError under ``field`` when the second pass, sized as the engine sizes it (``hires_size``), has a side
-    outside the server's. Needs what that size depends on: checked when a request arrives if the client gave it, and
-    by the runner on the resolved request (the size left out is the model's default, known once it is loaded)."""
-    width, height = hires_size(request)
-    if min(width, height) < MIN_SIDE or max(width, height) > MAX_SIDE:
-        first = f" (first pass {request.width}x{request.height})" if request.width and request.height else ""
-        message = f"the second pass would be {width}x{height}{first}; sides must be {MIN_SIDE} to {MAX_SIDE}"
-        raise FieldError(field, message)
-
-
-def accept_outpaint(request: GenerationRequest, field: str) -> GenerationRequest:
-    """The request with its outpaint sides checked: an init image to grow, no mask, some growth and, when the size
-    is left to the grown canvas, a canvas within the server's sides."""
+def accept_outpaint(request: GenerationRequest, field: str, max_side: int = MAX_SIDE) -> GenerationRequest:
+    """The request with its outpaint sides checked: an init image to grow, no mask, some growth and a grown canvas
+    within ``max_side`` a side (the service's ``check_request`` holds the canvas to the operator's ``--max-side``
+    too, under ``outpaint``, whatever ``max_side`` a dialect passes here)."""
     try:
-        sides = outpaint.check_sides(request.outpaint, request.init_image, request.mask_image)
+        sides = outpaint.check_sides(request.outpaint, request.init_image, request.mask_image, max_side)
     except UserError as exc:
-        raise FieldError(field, str(exc)) from None
-    if request.width is None and request.height is None:
-        width, height = outpaint.canvas_size(request.init_image.size, sides)
-        if max(width, height) > MAX_SIDE:
-            message = f"the grown image would be {width}x{height}; the limit is {MAX_SIDE} a side (or give a size)"
-            raise FieldError(field, message)
+        raise FieldError(field, exc.reason if isinstance(exc, FieldError) else str(exc)) from None
     return dataclasses.replace(request, outpaint=sides)
 
 

@@ -37,6 +37,10 @@ class StoreDamaged(UserError):
     """The job store cannot be used as it is; the message names the file and the ways out."""
 
 
+class StoreUnavailable(Exception):
+    """The job store's server cannot be reached for now (PostgreSQL restarting): HTTP 503, runners retry later."""
+
+
 def private_dir(path: Path) -> None:
     """Make ``path`` (and missing parents) a folder only its owner can read."""
     path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
@@ -53,8 +57,11 @@ def restrict(path: Path, mode: int) -> None:
 
 
 class Database:
+    skip_locked = ""  # BEGIN IMMEDIATE already makes a claim's read-then-update exclusive
+
     def __init__(self, path: Path):
         self.path = path
+        self.name = str(path)
         if not path.parent.exists():
             private_dir(path.parent)
         self._local = threading.local()
@@ -75,6 +82,23 @@ class Database:
             self._local.conn = conn
             self.restrict()
         return conn
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def folder(self) -> Path:
+        """The local folder the store lives in (its keys marker goes next to it)."""
+        return self.path.parent
+
+    def columns(self, table: str) -> set[str]:
+        return {row["name"] for row in self.connection().execute(f"PRAGMA table_info({table})")}
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
     def restrict(self) -> None:
         """The store's files (main, -wal, -shm) readable by their owner only."""

@@ -1,4 +1,4 @@
-"""Errors as JSON every client understands, with the offending field named.
+"""Errors as JSON every client understands, with the offending field named; a job store that is away is a 503.
 
 One body serves all three dialects. A 422 is FastAPI's validation error body — ``detail`` is a list
 of ``{"loc", "msg", "type"}``, as the OpenAPI schema says and FastAPI/AUTOMATIC1111 clients expect —
@@ -12,6 +12,7 @@ path becomes its file name (``public_text``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,8 +22,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ssdxl.errors import FieldError, UserError  # FieldError: request fields, also the engine's
+from ssdxl.server.db import StoreUnavailable
+
+STORE_RETRY_AFTER = "5"  # seconds a client is asked to wait while the job store (PostgreSQL) is away
 
 LOCATIONS = ("body", "query", "path", "form", "header")
 
@@ -255,3 +260,31 @@ def _describe_errors(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+class StoreOutage:
+    """Answers 503 with ``Retry-After`` when the job store cannot be reached (PostgreSQL restarting, for longer than
+    the store waits): from a route or from a middleware's store read alike. What the request asked for was not
+    recorded, or its outcome is unknown, so a retry (with an ``Idempotency-Key`` for job creation) is safe."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except StoreUnavailable as exc:
+            if started or scope["type"] != "http":
+                raise
+            logging.getLogger("ssdxl.server").warning("%s %s: %s", scope.get("method"), scope.get("path"), exc)
+            headers = {"Retry-After": STORE_RETRY_AFTER}
+            await error_response(503, "the job store is unavailable; retry shortly", headers=headers)(
+                scope, receive, send
+            )

@@ -19,7 +19,7 @@ from typing import Annotated
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ssdxl.sampling.limits import MAX_PROMPT_CHARS, MIN_SIDE
@@ -28,6 +28,7 @@ from ssdxl.sampling.schedulers import scheduler_names
 from ssdxl.server.adapters import parse_loras
 from ssdxl.server.auth import request_key
 from ssdxl.server.controls import accept_hires, accept_image_prompt, accept_outpaint, accept_unit
+from ssdxl.server.errors import FieldError
 from ssdxl.server.registry import ModelRegistry
 from ssdxl.server.schemas import JobRequest, JobView, LimitsView, ModelsView, decode_image
 from ssdxl.server.service import JobService
@@ -51,6 +52,9 @@ def to_generation_request(body: JobRequest, registry: ModelRegistry) -> Generati
         mask_image=decode_image("mask_image", body.mask_image) if body.mask_image is not None else None,
     )
     request = accept_styles(request, registry.styles, "styles")
+    name = body.model or registry.default  # an unknown name is refused on its own field
+    if request.fast_decode and name in registry.sources and not registry.has_tiny_vae(name):
+        raise FieldError("fast_decode", f"model {name!r} has no tiny VAE (the server's --model-tiny-vae)")
     for k, unit in enumerate(body.controls):
         image = decode_image(f"controls.{k}.image", unit.image)
         unit = ControlUnit(**unit.model_dump(exclude={"image"}), image=image)
@@ -149,12 +153,12 @@ def _event(name: str, data: dict) -> str:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
-@router.get("/v2/files/{name}", response_class=FileResponse)
-def file(name: str, request: Request) -> FileResponse:
+@router.get("/v2/files/{name}", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def file(name: str, request: Request) -> Response:
     """A stored image: with the caller's key (its own jobs), or with a link's valid signature."""
     service = _service(request)
     try:
-        path = service.storage.path(name)
+        service.storage.check(name)
     except ValueError:
         raise HTTPException(404, f"no file {name!r}") from None
     query = request.query_params
@@ -162,9 +166,10 @@ def file(name: str, request: Request) -> FileResponse:
     caller = request_key(request)
     if not signed and caller is not None:
         service.get(name.partition("-")[0], caller)  # 404 unless it is the caller's own job
-    if not path.is_file():
+    data = service.storage.read(name)
+    if data is None:
         raise HTTPException(404, f"no file {name!r}")
-    return FileResponse(path, media_type="image/png")
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"})
 
 
 @router.get("/v2/models", response_model=ModelsView)

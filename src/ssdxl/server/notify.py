@@ -2,9 +2,10 @@
 
 A synchronous request (Segmind, A1111, OpenAI) or an event stream *watches* its job; whatever changes the job in
 this process (the runner's progress and results, a cancel) calls ``JobNotifier.changed`` from any thread, and the
-watchers' coroutines wake on their own event loop at once. Jobs run by ``ssdxl worker`` processes change only in the
-shared store, which no notifier here sees: a watcher also wakes after its ``fallback`` seconds and looks at the store
-itself, so those jobs are noticed too, only later.
+watchers' coroutines wake on their own event loop at once. Jobs run by ``ssdxl worker`` processes are reported the
+same way through Redis (``dispatch.RedisNotifier`` publishes, ``RedisDispatch`` listens and calls ``changed``). A
+watcher also wakes after its ``fallback`` seconds and looks at the store itself, so a lost event (Redis away, a job
+another server's runner took) only delays it.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ IP-Adapter folders: names only, never paths. ``styles`` are the prompt styles re
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import Counter, OrderedDict
@@ -29,6 +30,8 @@ from ssdxl.control.models import ControlLibrary
 from ssdxl.errors import UserError
 from ssdxl.models import builtin
 from ssdxl.models.peek import peek_family
+from ssdxl.models.vae import space_text
+from ssdxl.sampling.limits import LIMITS, RequestLimits
 from ssdxl.sampling.precision import release_memory
 from ssdxl.server.errors import FieldError
 from ssdxl.upscale import BUILTIN_FILTERS, Upscaler
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
     from ssdxl.server.config import ServerConfig
 
 log = logging.getLogger("ssdxl.server")
-EngineKey = tuple[str, str | None, str | None]  # source, refiner, VAE: what one loaded engine is
+EngineKey = tuple[str, str | None, str | None, str | None]  # source, refiner, VAE, tiny VAE: what one engine is
 SAFE = ".safetensors"  # the only IP-Adapter files a server reads
 # OpenAI clients name OpenAI's models; they get the server's default model.
 OPENAI_MODEL_NAMES = {"dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"}
@@ -61,23 +64,37 @@ class ModelRegistry:
         ip_adapter_dirs: Iterable[Path] = (),
         styles_files: Iterable[Path] = (),
         vaes: dict[str, str] | None = None,
+        tiny_vaes: dict[str, str] | None = None,
         max_loaded: int | None = None,
+        limits: RequestLimits = LIMITS,
     ):
         if max_loaded is not None and max_loaded < 1:
             raise UserError(f"--max-loaded-models must be at least 1, got {max_loaded}")
         self.max_loaded = max_loaded  # None: every engine stays loaded
+        self.limits = limits  # what requests may ask for (``ssdxl serve --max-side``...): checked when they arrive
         self.sources = {**{name: name for name in builtin.names()}, **models}
         if not self.sources:
             raise UserError("no models to serve: pass --model NAME=PATH (e.g. --model ssd-1b=./ssd-1b)")
         self.refiners = dict(refiners or {})
         self.vaes = {name: str(Path(path).expanduser()) for name, path in (vaes or {}).items()}
-        for option, named in (("--refiner", self.refiners), ("--model-vae", self.vaes)):
+        self.tiny_vaes = {name: str(Path(path).expanduser()) for name, path in (tiny_vaes or {}).items()}
+        named_options = (("--refiner", self.refiners), ("--model-vae", self.vaes), ("--model-tiny-vae", self.tiny_vaes))
+        for option, named in named_options:
             unknown = set(named) - set(self.sources)
             if unknown:
                 raise UserError(f"{option} names unknown model(s): {', '.join(sorted(unknown))}")
-        for name, path in self.vaes.items():
-            if not Path(path).exists():
-                raise UserError(f"--model-vae {name}={path}: no such file or folder")
+        for option, named in named_options[1:]:
+            for name, path in named.items():
+                if not Path(path).exists():
+                    raise UserError(f"{option} {name}={path}: no such file or folder")
+        for name, path in self.tiny_vaes.items():  # a file the engine would refuse must not fail every job later
+            if Path(path).is_file() and Path(path).suffix.lower() != ".safetensors":
+                raise UserError(
+                    f"--model-tiny-vae {name}={path}: the server loads .safetensors files or diffusers folders only "
+                    "(pickled weights are refused)"
+                )
+            if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+                raise UserError(f"--model-tiny-vae {name}={path}: not an AutoencoderTiny folder (no config.json)")
         if models:
             self.default = next(iter(models))
         else:
@@ -116,11 +133,26 @@ class ModelRegistry:
             ip_adapter_dirs=config.ip_adapter_dirs,
             styles_files=config.styles_files,
             vaes=config.model_vaes,
+            tiny_vaes=config.model_tiny_vaes,
             max_loaded=config.max_loaded_models,
+            limits=config.limits,
         )
 
     def names(self) -> list[str]:
         return list(self.sources)
+
+    def has_tiny_vae(self, name: str) -> bool:
+        """Whether model ``name`` can decode ``fast_decode`` requests: a ``--model-tiny-vae``, or a built-in model's
+        own (read from its VAE's config, without loading it)."""
+        if name in self.tiny_vaes:
+            return True
+        folder = builtin.resolve(self.sources.get(name, ""))
+        config = folder / "vae" / "config.json" if folder is not None else None
+        if config is None or not config.is_file():
+            return False
+        vae = json.loads(config.read_text())
+        downscale = 2 ** (len(vae["block_out_channels"]) - 1)
+        return builtin.tiny_vae(space_text(downscale, vae["latent_channels"], vae["scaling_factor"])) is not None
 
     def families(self) -> dict[str, str | None]:
         """Each model's family name (``ssdxl.models.families``), read from its configs or header, not loaded."""
@@ -192,7 +224,7 @@ class ModelRegistry:
                 self._in_use[key] -= 1
 
     def _key(self, name: str) -> EngineKey:
-        return self.sources[name], self.refiners.get(name), self.vaes.get(name)
+        return self.sources[name], self.refiners.get(name), self.vaes.get(name), self.tiny_vaes.get(name)
 
     def _loaded(self, key: EngineKey) -> Engine:
         """The engine for ``key``, now the most recently used; loading it first makes room within the budget.
@@ -215,6 +247,7 @@ class ModelRegistry:
             ip_adapter_dirs=self.ip_adapter_dirs,
             allow_paths=False,  # control models, IP-Adapters and upscalers by name only, as clients name them
             vae=key[2],
+            tiny_vae=key[3],  # previews and fast decode; built-in models bring their own
         )
         return self._engines[key]
 

@@ -21,6 +21,7 @@ import itertools
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -34,12 +35,16 @@ from ssdxl.sampling.engine import Engine
 from ssdxl.sampling.request import GenerationRequest
 from ssdxl.server import PREVIEW_EVERY
 from ssdxl.server.controls import check_hires_size
+from ssdxl.server.db import StoreUnavailable
 from ssdxl.server.notify import JobNotifier
 from ssdxl.server.registry import ModelRegistry
 from ssdxl.server.storage import Storage
 from ssdxl.server.store import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, worker_id
+from ssdxl.speed import threads as speed_threads
 
 log = logging.getLogger("ssdxl.server")
+PROGRESS_PAUSE = 10.0  # seconds progress goes unrecorded after the store failed to record it
+FINISH_TRIES = 4  # writes of one outcome while the store is away (each waits up to the store's outage time)
 
 
 class Cancelled(Exception):
@@ -75,8 +80,10 @@ class Runner:
         self.preview_every = preview_every
         self.notifier = notifier or JobNotifier()  # a worker's: nobody in its process waits on jobs
         self.worker = worker_id(secrets.token_hex(4))
+        self._orphans: set[str] = set()  # claimed by this runner, not finished, to be given back (_give_back)
+        self._quiet_until = 0.0  # progress is not recorded until then: the store failed it just now
         if threads:
-            torch.set_num_threads(threads)
+            speed_threads.pin(threads)  # the operator's count: no per-model choice
 
     def drain(self) -> int:
         """Run batches until no queued job is left for this runner's models; returns how many ran."""
@@ -87,6 +94,7 @@ class Runner:
 
     def run_next(self) -> bool:
         """Claim one batch and run it; False when nothing was queued."""
+        self._give_back()
         candidates = self.store.queued(self.registry.names(), limit=4 * self.max_batch)
         if not candidates:
             return False
@@ -96,14 +104,35 @@ class Runner:
                 engine = stack.enter_context(self.registry.using(first.model))
                 items = self._batch(engine, candidates)
             except Exception as exc:  # the first job cannot even be prepared: it fails alone
+                if isinstance(exc, StoreUnavailable):
+                    raise  # not the job's fault: it stays queued
                 self._fail_alone(first, exc)
                 return True
-            claimed = set(self.store.claim([item.job.id for item in items], self.worker, self.lease))
-            self.notifier.changed(claimed)
-            items = [_Item(self.store.get(item.job.id), item.request) for item in items if item.job.id in claimed]
-            if items:
-                self._run(engine, items)
+            job_ids = [item.job.id for item in items]
+            try:
+                claimed = set(self.store.claim(job_ids, self.worker, self.lease))
+                self.notifier.changed(claimed)
+                items = [_Item(self.store.get(item.job.id), item.request) for item in items if item.job.id in claimed]
+                if items:
+                    self._run(engine, items)
+            except StoreUnavailable:  # whatever this batch holds and did not finish goes back to the queue
+                self._orphans.update(job_ids)
+                self._give_back(quietly=True)
+                raise
         return True
+
+    def _give_back(self, *, quietly: bool = False) -> None:
+        """Queue again the jobs a batch cut short by a store outage left claimed by this runner (its heartbeat no
+        longer renews them, but its process lives, so nobody else would requeue them before their lease ran out)."""
+        if not self._orphans:
+            return
+        try:
+            self.store.release(sorted(self._orphans), self.worker)
+        except StoreUnavailable:
+            if not quietly:
+                raise
+            return
+        self._orphans.clear()
 
     # ------------------------------------------------------------------ forming a batch
 
@@ -140,7 +169,7 @@ class Runner:
         request.loras = [*self.registry.bound_loras(job.model), *named]
         resolved = engine.resolve(request)
         if resolved.hires is not None:  # a size the request left out is the model's default, known only now
-            check_hires_size(resolved, "hires")
+            check_hires_size(resolved, "hires", self.registry.limits.max_side)
         return resolved
 
     def _fail_alone(self, job: Job, exc: Exception) -> None:
@@ -158,10 +187,12 @@ class Runner:
         first_rows = itertools.accumulate((item.request.samples for item in items[:-1]), initial=0)
         live = {item.job.id: row for item, row in zip(items, first_rows, strict=True)}  # where its images start
         try:
-            with self._heartbeat():
+            with self._heartbeat(live):
                 results = engine.generate_batch([item.request for item in items], callback=self._on_step(live, engine))
         except Cancelled:
             return
+        except StoreUnavailable:
+            raise  # the jobs keep their claims; if the store stays away, their leases run out and they run again
         except Exception as exc:
             if len(items) > 1:  # whichever job caused it, no job fails another: each still running runs alone
                 log.warning("batch of %d jobs failed (%s); running them one at a time", len(items), _describe(exc))
@@ -192,39 +223,75 @@ class Runner:
                 self.storage.remove([image["file"] for image in saved])  # the claim was lost: not ours to finish
 
     def _finish(self, job_id: str, status: str, **outcome) -> bool:
-        """Record a job's outcome (False: the claim was lost) and wake its waiters in this process."""
-        finished = self.store.finish(job_id, self.worker, status, **outcome)
+        """Record a job's outcome (False: the claim was lost) and wake its waiters in this process.
+
+        A store that went away mid-write leaves the outcome unknown: it is read back before writing again."""
+        for attempt in range(FINISH_TRIES):
+            try:
+                if attempt:
+                    job = self.store.get(job_id)
+                    if job is not None and job.status == status and job.worker == self.worker:
+                        finished = True  # the lost write had been committed
+                        break
+                finished = self.store.finish(job_id, self.worker, status, **outcome)
+                break
+            except StoreUnavailable as exc:
+                if attempt == FINISH_TRIES - 1:
+                    raise
+                log.warning("recording job %s: %s; trying again", job_id, exc)
         self.notifier.changed([job_id])
         return finished
 
     def _on_step(self, live: dict[str, int], engine: Engine):
         """The engine's step callback: stop cancelled jobs, then record progress per job, and a preview when one is
         due (every ``preview_every`` steps and the last; a job keeps its latest preview in between)."""
-        fmt = engine.base.components.latent_format
+        fmt, tiny = engine.base.components.latent_format, engine.tiny_vae  # tiny VAE previews where the model has one
 
         def on_step(step: int, total: int, latents: torch.Tensor) -> None:
-            for job_id in self.store.cancel_requested(list(live)):
+            if time.monotonic() < self._quiet_until:
+                return  # progress is best effort: while the store fails it, sampling does not wait on it
+            try:
+                cancelled = self.store.cancel_requested(list(live))
+            except Exception as exc:
+                self._progress_failed(step, total, exc)
+                return
+            for job_id in cancelled:
                 self._finish(job_id, CANCELLED)
                 del live[job_id]
             if not live:
                 raise Cancelled
             due = self.preview_every > 0 and (step % self.preview_every == 0 or step == total)
             updates = [
-                (job_id, step, total, preview_png(latents[row], fmt) if due else None) for job_id, row in live.items()
+                (job_id, step, total, preview_png(latents[row], fmt, tiny) if due else None)
+                for job_id, row in live.items()
             ]
-            self.store.progress(self.worker, updates)
+            try:
+                self.store.progress(self.worker, updates)
+            except Exception as exc:
+                self._progress_failed(step, total, exc)
             self.notifier.changed(live)
 
         return on_step
 
+    def _progress_failed(self, step: int, total: int, exc: Exception) -> None:
+        log.warning("step %d of %d not recorded (%s); progress resumes in %.0f s", step, total, exc, PROGRESS_PAUSE)
+        self._quiet_until = time.monotonic() + PROGRESS_PAUSE
+
     @contextmanager
-    def _heartbeat(self) -> Iterator[None]:
-        """Renew this runner's claims every quarter lease while the block runs."""
+    def _heartbeat(self, live: dict[str, int]) -> Iterator[None]:
+        """Renew the claims of the running batch (``live``: its jobs not yet cancelled) every quarter lease while the
+        block runs."""
         stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(self.lease / 4):
-                self.store.heartbeat(self.worker, self.lease)
+            try:
+                while not stop.wait(self.lease / 4):
+                    try:
+                        self.store.heartbeat(self.worker, self.lease, list(live))
+                    except Exception as exc:  # a missed beat is retried at the next; the lease has room for three
+                        log.warning("heartbeat not recorded: %s", exc)
+            finally:
+                self.store.db.close()  # this thread's connection: a thread per batch must not leave one each
 
         thread = threading.Thread(target=beat, name="ssdxl-heartbeat", daemon=True)
         thread.start()

@@ -212,6 +212,9 @@ class JobRequest(BaseModel):
     guidance_cutoff: Annotated[float, Field(ge=0, le=1)] = 1.0
     guidance_rescale: Annotated[float, Field(ge=0, le=1, description="zero-terminal-SNR models: 0.7")] = 0.0
     clip_skip: Annotated[int, Field(ge=1, le=MAX_CLIP_SKIP, description="A1111's clip skip (2: the layer before)")] = 1
+    fast_decode: bool = Field(
+        False, description="decode with the model's tiny VAE (TAESD-style): faster, a little less exact"
+    )
     loras: Loras = []
     prompt_syntax: PromptSyntax = "a1111"
     styles: Styles = []

@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -50,7 +49,7 @@ T = TypeVar("T")
 @dataclass
 class StoredImage:
     file: str
-    path: Path
+    data: bytes  # the PNG, with its infotext and parameters
     seed: int
     infotext: str
 
@@ -136,19 +135,25 @@ class JobService:
         what its error calls for."""
         submit = functools.partial(self.submit, request, model=model, caller=request_key(client))
         job = await self.wait(await anyio.to_thread.run_sync(submit), client)
-        return self.images(job)
+        return await anyio.to_thread.run_sync(self.images, job)
 
     def images(self, job: Job) -> list[StoredImage]:
+        """A finished job's images, read from storage (blocking: call it off the event loop)."""
         if job.status == SUCCEEDED:
             return [
-                StoredImage(i["file"], self.storage.path(i["file"]), i["seed"], i["infotext"])
-                for i in job.result["images"]
+                StoredImage(i["file"], self._read(i["file"]), i["seed"], i["infotext"]) for i in job.result["images"]
             ]
         if job.status == CANCELLED:
             raise HTTPException(409, f"job {job.id} was cancelled")
         if job.error_kind == "user":
             raise UserError(job.error)
         raise HTTPException(500, f"job {job.id} failed: {job.error}")
+
+    def _read(self, name: str) -> bytes:
+        data = self.storage.read(name)
+        if data is None:
+            raise HTTPException(500, f"result image {name} is missing from storage")
+        return data
 
     def base_url(self, request: Request) -> str:
         """Where clients reach this server: ``--public-url``, else the request's own base, without a trailing /."""

@@ -1,4 +1,5 @@
-"""What a job keeps on disk: its input images and its result images, under the server's data folder.
+"""What a job keeps besides its row: its input images and its result images (``files.py``: a folder next to the
+SQLite store, or the PostgreSQL store's ``files`` table).
 
 A request is stored as JSON with its images replaced by file names; results are PNGs carrying the
 same infotext and parameters ``ssdxl generate`` writes, except that adapter files appear by name,
@@ -8,12 +9,13 @@ pattern before it is served, so no name a client sends reaches the filesystem. R
 expiry no further ahead than the server's link lifetime, 24 h by default) for clients that fetch
 them without a key, such as an OpenAI client following a ``url``.
 
-``open_data`` opens the data folder fail-closed: a damaged store, one from a newer ssdxl, a missing
+``open_data`` opens the store fail-closed: a damaged store, one from a newer ssdxl, a missing
 store next to job files, or result files of jobs the store does not know (a lost WAL) stop the
 server and its workers with a one-line ``StoreDamaged``; ``reset=True`` (``ssdxl serve
 --reset-store``) moves such a store aside as ``ssdxl.db.broken-<timestamp>`` and starts an empty
 one. Files are private to their owner: the store 0600 (it holds the link secret), images in a 0700
-folder.
+folder. With ``--store postgresql://…`` the database holds everything and is checked the same way (a
+schema from a newer ssdxl, half our tables) without being moved aside.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import io
 import logging
-import os
 import re
 import secrets
 import time
@@ -32,10 +34,12 @@ from typing import Any
 from PIL import Image
 
 from ssdxl.control.models import SUFFIXES as CONTROL_SUFFIXES
-from ssdxl.output.files import save_image
+from ssdxl.output.files import png_bytes
 from ssdxl.sampling.request import RECORDS, ControlUnit, GeneratedImage, GenerationRequest, Hires, ImagePrompt
 from ssdxl.server.config import ServerConfig
-from ssdxl.server.db import DB_FILE, SIDE_FILES, Database, StoreDamaged, private_dir
+from ssdxl.server.db import DB_FILE, SIDE_FILES, Database, StoreDamaged
+from ssdxl.server.files import FolderFiles, TableFiles
+from ssdxl.server.postgres import PostgresDatabase, is_postgres
 from ssdxl.server.store import JobStore
 
 FILE_NAME = re.compile(r"^[0-9a-f]{32}-(init|mask|control\d+|ip\d+-\d+|a\d+-\d+)\.png$")
@@ -49,11 +53,10 @@ log = logging.getLogger("ssdxl.server")
 
 
 class Storage:
-    def __init__(self, root: Path, secret: str, *, max_ttl: float = LINK_TTL):
-        self.root = root
+    def __init__(self, files: FolderFiles | TableFiles, secret: str, *, max_ttl: float = LINK_TTL):
+        self.files = files
         self.secret = secret.encode()
         self.max_ttl = max_ttl
-        private_dir(root)
 
     # ------------------------------------------------------------------ requests
 
@@ -70,7 +73,8 @@ class Storage:
         return record
 
     def load_request(self, record: dict[str, Any]) -> GenerationRequest:
-        fields = {key: value for key, value in record.items() if key not in RECORDS}
+        known = {f.name for f in dataclasses.fields(GenerationRequest)}  # a newer ssdxl's fields: left to it
+        fields = {key: value for key, value in record.items() if key in known and key not in RECORDS}
         for key in _TUPLES:
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
@@ -88,13 +92,18 @@ class Storage:
     def _save(self, image: Image.Image | None, name: str, mode: str | None = None) -> str | None:
         if image is None:
             return None
-        (image.convert(mode) if mode else image).save(self.root / name)
+        out = io.BytesIO()
+        (image.convert(mode) if mode else image).save(out, format="PNG")
+        self.files.put(self.check(name), out.getvalue())
         return name
 
     def _load(self, name: str | None) -> Image.Image | None:
         if not name:
             return None
-        with Image.open(self.path(name)) as image:
+        data = self.read(name)
+        if data is None:
+            raise FileNotFoundError(f"stored image {name} is missing")
+        with Image.open(io.BytesIO(data)) as image:
             return image.copy()
 
     # ------------------------------------------------------------------ results
@@ -104,19 +113,22 @@ class Storage:
         saved = []
         for i, generated in enumerate(images):
             name = f"{job_id}-a{attempt}-{i}.png"
-            save_image(dataclasses.replace(generated, params=_without_paths(generated.params)), self.root / name)
+            self.files.put(name, png_bytes(dataclasses.replace(generated, params=_without_paths(generated.params))))
             saved.append({"file": name, "seed": generated.seed, "infotext": generated.infotext})
         return saved
 
     def remove(self, names: list[str]) -> None:
-        for name in names:
-            (self.root / name).unlink(missing_ok=True)
+        self.files.delete([self.check(name) for name in names])
 
-    def path(self, name: str) -> Path:
-        """The file for a name this module made; ValueError for any other name."""
+    def read(self, name: str) -> bytes | None:
+        """A stored file's bytes (None: no such file); ValueError for a name this module would not make."""
+        return self.files.get(self.check(name))
+
+    @staticmethod
+    def check(name: str) -> str:
         if not FILE_NAME.match(name):
             raise ValueError(f"not a stored image name: {name!r}")
-        return self.root / name
+        return name
 
     # ------------------------------------------------------------------ signed links
 
@@ -167,22 +179,27 @@ def _control_name(model: str) -> str:
 
 
 def open_data(config: ServerConfig) -> tuple[JobStore, Storage]:
-    """The job store and the image files under ``config.data_dir``, as server and workers share them.
+    """The job store and its image files, as servers and workers share them: SQLite and a folder under
+    ``config.data_dir``, or with ``config.store`` a PostgreSQL URL, both in that database.
 
-    Checked first (``open_database``); ``config.reset_store`` moves a damaged store aside instead of refusing."""
-    db = open_database(config.data_dir, reset=config.reset_store)
+    Checked first (``open_database``); ``config.reset_store`` moves a damaged SQLite store aside instead of refusing."""
+    db = open_database(config.data_dir, reset=config.reset_store, url=config.store)
     store = JobStore(db, max_attempts=config.max_attempts)
     secret = store.set_meta("link_secret", secrets.token_hex(32), only_if_missing=True)
     db.restrict()
-    return store, Storage(config.data_dir / IMAGES, secret, max_ttl=config.link_ttl)
+    files = TableFiles(db) if isinstance(db, PostgresDatabase) else FolderFiles(config.data_dir / IMAGES)
+    return store, Storage(files, secret, max_ttl=config.link_ttl)
 
 
-def open_database(data_dir: Path, *, reset: bool = False) -> Database:
-    """The store of ``data_dir`` once it is known to be usable; else ``StoreDamaged`` (one line: the file, what is
-    wrong, the ways out), or with ``reset`` the old files moved aside and a fresh store. A healthy store is never reset.
+def open_database(data_dir: Path, *, reset: bool = False, url: str | None = None) -> Database | PostgresDatabase:
+    """The store of ``data_dir`` (or at the PostgreSQL ``url``) once it is known to be usable; else ``StoreDamaged``
+    (one line: the store, what is wrong, the ways out), or with ``reset`` the old SQLite files moved aside and a fresh
+    store. A healthy store is never reset.
     """
+    if url is not None:
+        return _open_postgres(url, reset=reset)
     db = Database(data_dir / DB_FILE)
-    problem = store_problem(db, data_dir / IMAGES)
+    problem = store_problem(db, FolderFiles(data_dir / IMAGES))
     if problem is None:
         return db
     if not reset:
@@ -195,10 +212,29 @@ def open_database(data_dir: Path, *, reset: bool = False) -> Database:
     return Database(data_dir / DB_FILE)
 
 
-def store_problem(db: Database, images: Path) -> str | None:
-    """What is wrong with the store at ``db`` given the image files in ``images`` (None: nothing)."""
+def _open_postgres(url: str, *, reset: bool) -> PostgresDatabase:
+    if not is_postgres(url):
+        raise StoreDamaged(
+            f"--store must be a postgresql://user:password@host/database URL, got {url.split(':')[0]}://…"
+        )
+    try:
+        db = PostgresDatabase(url)
+    except ImportError:
+        raise StoreDamaged("--store postgresql://… needs psycopg: pip install 'ssdxl[serve]'") from None
+    problem = db.problem()
+    if problem is not None:
+        if reset:
+            problem += (
+                "; --reset-store only moves a SQLite store aside: repair or drop this database with PostgreSQL's tools"
+            )
+        raise StoreDamaged(f"the job store at {db.name} {problem}")
+    return db
+
+
+def store_problem(db: Database, images: FolderFiles) -> str | None:
+    """What is wrong with the SQLite store at ``db`` given the image files in ``images`` (None: nothing)."""
     if db.is_empty():
-        files = _names(images, FILE_NAME)
+        files = images.names(FILE_NAME)
         if files:
             jobs = len({name[:32] for name in files})
             return f"is missing or empty, but {images} holds the files of {jobs} job(s)"
@@ -206,13 +242,13 @@ def store_problem(db: Database, images: Path) -> str | None:
     problem = db.problem()
     if problem is not None:
         return problem
-    ids = sorted({RESULT_NAME.match(name)[1] for name in _names(images, RESULT_NAME)})
+    ids = sorted({RESULT_NAME.match(name)[1] for name in images.names(RESULT_NAME)})
     known: set[str] = set()
     conn = db.connection()
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         sql = f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * len(chunk))})"
-        known.update(row[0] for row in conn.execute(sql, chunk))
+        known.update(row["id"] for row in conn.execute(sql, chunk))
     lost = len(ids) - len(known)
     if lost:
         return f"does not know {lost} job(s) whose results are in {images} (a lost or truncated -wal file?)"
@@ -235,11 +271,3 @@ def move_aside(data_dir: Path) -> list[str]:
         images.rename(new)
         moved.append(new.name)
     return moved
-
-
-def _names(folder: Path, pattern: re.Pattern) -> list[str]:
-    try:
-        with os.scandir(folder) as entries:
-            return [entry.name for entry in entries if pattern.match(entry.name)]
-    except FileNotFoundError:
-        return []

@@ -10,8 +10,11 @@ A job may be added under an ``Idempotency-Key`` (``IDEMPOTENCY``, set per reques
 same key from the same API key within ``IDEMPOTENCY_TTL`` gives back the job it first made, decided
 in the transaction that would add the job, so a retried request never makes a duplicate.
 
-This is the store's whole interface; a Postgres store for many machines would implement the same
-methods (``SELECT ... FOR UPDATE SKIP LOCKED`` in ``claim``).
+The SQL is written once for SQLite (``db.Database``, the embedded default) and PostgreSQL
+(``postgres.PostgresDatabase``, for servers and workers on many machines): ``?`` placeholders,
+``ON CONFLICT`` upserts, rows read by column name, and ``db.skip_locked`` after the reads that claim
+or recover (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already holds
+the whole store).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ssdxl.server.db import SCHEMA_VERSION, Database
@@ -125,19 +129,39 @@ def _job(row) -> Job:
     return Job(**data)
 
 
+def _stale(row, now: float) -> bool:
+    """A running job's claim is over: its lease ran out, or its holder's process is gone."""
+    return row["lease_until"] is None or row["lease_until"] < now or holder_gone(row["worker"])
+
+
 # Tells this process from an earlier one with the same pid (a restarted container's server is often pid 1 again).
 _PROCESS = secrets.token_hex(4)
 
 
+def _process_space() -> str:
+    """This process's host as pids are meaningful in it: the host name, the boot, and the pid namespace (containers
+    that share a host name, with ``--network host`` or ``hostNetwork``, each have their own pid 1)."""
+    parts = [socket.gethostname()]
+    for path, read in (("/proc/sys/kernel/random/boot_id", Path.read_text), ("/proc/self/ns/pid", os.readlink)):
+        try:
+            parts.append("".join(ch for ch in str(read(Path(path))) if ch.isalnum())[:12])
+        except OSError:
+            parts.append("")
+    return "~".join(parts)
+
+
+HOST = _process_space()  # the first field of this process's worker ids; holder_gone trusts pids only under it
+
+
 def worker_id(token: str) -> str:
     """Who holds a claim, as host:pid:process:token, so a restarted server on the same host sees the holder is gone."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_PROCESS}:{token}"
+    return f"{HOST}:{os.getpid()}:{_PROCESS}:{token}"
 
 
 def holder_gone(worker: str) -> bool:
     """True when ``worker`` ran on this host and its process no longer exists (else: unknown, False)."""
     host, pid, process, _ = (worker.split(":") + ["", "", ""])[:4]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != HOST or not pid.isdigit():
         return False
     if int(pid) == os.getpid():
         return process != _PROCESS
@@ -161,26 +185,22 @@ class JobStore:
 
     def add(self, job_id: str, *, owner: int | None, model: str, request: dict[str, Any]) -> Job:
         """Queue a job; under an Idempotency-Key already used (same owner, last 24 h) return that key's job instead."""
-        idempotent, row = IDEMPOTENCY.get(), None
+        idempotent, existing = IDEMPOTENCY.get(), False
         now = time.time()
         with self.db.transaction() as conn:
             if idempotent is not None:
                 key, owner_id = idempotent.next_key(), _owner_id(idempotent.owner)
-                row = conn.execute(
-                    "SELECT i.job_id FROM idempotency i JOIN jobs j ON j.id = i.job_id "
-                    "WHERE i.owner = ? AND i.key = ? AND i.created > ?",
-                    (owner_id, key, now - IDEMPOTENCY_TTL),
-                ).fetchone()
-                if row is not None:
-                    job_id = row[0]
-                else:
-                    conn.execute("DELETE FROM idempotency WHERE created <= ?", (now - IDEMPOTENCY_TTL,))
-                    conn.execute(
-                        "INSERT OR REPLACE INTO idempotency (owner, key, fingerprint, job_id, created) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (owner_id, key, idempotent.fingerprint, job_id, now),
-                    )
-            if row is None:
+                conn.execute("DELETE FROM idempotency WHERE created <= ?", (now - IDEMPOTENCY_TTL,))
+                # the key's row is the decision: a concurrent request with the same key waits here for ours
+                inserted = conn.execute(
+                    "INSERT INTO idempotency (owner, key, fingerprint, job_id, created) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (owner, key) DO NOTHING",
+                    (owner_id, key, idempotent.fingerprint, job_id, now),
+                ).rowcount
+                if not inserted:
+                    sql = "SELECT job_id FROM idempotency WHERE owner = ? AND key = ?"
+                    job_id, existing = conn.execute(sql, (owner_id, key)).fetchone()["job_id"], True
+            if not existing:
                 conn.execute(
                     "INSERT INTO jobs (id, owner, model, request, status, created) VALUES (?, ?, ?, ?, ?, ?)",
                     (job_id, owner, model, json.dumps(request), QUEUED, now),
@@ -197,8 +217,8 @@ class JobStore:
             )
             .fetchone()
         )
-        job = self.get(row[0]) if row else None
-        return (job, row[1]) if job else None
+        job = self.get(row["job_id"]) if row else None
+        return (job, row["fingerprint"]) if job else None
 
     def get(self, job_id: str) -> Job | None:
         row = self.db.connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -208,8 +228,8 @@ class JobStore:
         """Jobs ahead of a queued job (0 = next); 0 for any other job."""
         if job.status != QUEUED:
             return 0
-        sql = "SELECT COUNT(*) FROM jobs WHERE status = ? AND seq < ?"
-        return self.db.connection().execute(sql, (QUEUED, job.seq)).fetchone()[0]
+        sql = "SELECT COUNT(*) AS n FROM jobs WHERE status = ? AND seq < ?"
+        return self.db.connection().execute(sql, (QUEUED, job.seq)).fetchone()["n"]
 
     def recent(self, owner: int | None, limit: int, status: str | None = None) -> list[Job]:
         """The owner's newest jobs first (all jobs when ``owner`` is None)."""
@@ -225,12 +245,12 @@ class JobStore:
 
     def count(self, statuses: tuple[str, ...], owner: int | None = None) -> int:
         """Jobs in any of ``statuses`` (the owner's only, when ``owner`` is given)."""
-        sql = f"SELECT COUNT(*) FROM jobs WHERE status IN ({', '.join('?' * len(statuses))})"
+        sql = f"SELECT COUNT(*) AS n FROM jobs WHERE status IN ({', '.join('?' * len(statuses))})"
         args: tuple = statuses
         if owner is not None:
             sql += " AND owner = ?"
             args += (owner,)
-        return self.db.connection().execute(sql, args).fetchone()[0]
+        return self.db.connection().execute(sql, args).fetchone()["n"]
 
     def cancel(self, job_id: str) -> Job | None:
         """A queued job is cancelled at once; a running one is flagged and its runner stops it at the next step."""
@@ -252,23 +272,40 @@ class JobStore:
 
     def claim(self, job_ids: list[str], worker: str, lease: float) -> list[str]:
         """Claim those of ``job_ids`` that are still queued; returns the ids this worker now holds."""
+        if not job_ids:
+            return []
         now = time.time()
-        claimed = []
+        marks = ", ".join("?" * len(job_ids))
         with self.db.transaction() as conn:
-            for job_id in job_ids:
-                cursor = conn.execute(
-                    "UPDATE jobs SET status = ?, worker = ?, lease_until = ?, attempts = attempts + 1, "
-                    "started = ?, step = 0, total = 0, preview = NULL WHERE id = ? AND status = ?",
-                    (RUNNING, worker, now + lease, now, job_id, QUEUED),
-                )
-                if cursor.rowcount:
-                    claimed.append(job_id)
+            sql = f"SELECT id FROM jobs WHERE id IN ({marks}) AND status = ?{self.db.skip_locked}"
+            free = {row["id"] for row in conn.execute(sql, (*job_ids, QUEUED))}  # rows another runner locks: skipped
+            claimed = [job_id for job_id in job_ids if job_id in free]
+            conn.executemany(
+                "UPDATE jobs SET status = ?, worker = ?, lease_until = ?, attempts = attempts + 1, "
+                "started = ?, step = 0, total = 0, preview = NULL WHERE id = ? AND status = ?",
+                [(RUNNING, worker, now + lease, now, job_id, QUEUED) for job_id in claimed],
+            )
         return claimed
 
-    def heartbeat(self, worker: str, lease: float) -> None:
+    def release(self, job_ids: list[str], worker: str) -> None:
+        """Queue again, uncounted, those of ``job_ids`` that ``worker`` holds but will not run (a claim whose outcome
+        the store never confirmed)."""
         with self.db.transaction() as conn:
-            sql = "UPDATE jobs SET lease_until = ? WHERE worker = ? AND status = ?"
-            conn.execute(sql, (time.time() + lease, worker, RUNNING))
+            conn.executemany(
+                "UPDATE jobs SET status = ?, worker = NULL, lease_until = NULL, attempts = attempts - 1, "
+                "started = NULL WHERE id = ? AND worker = ? AND status = ?",
+                [(QUEUED, job_id, worker, RUNNING) for job_id in job_ids],
+            )
+
+    def heartbeat(self, worker: str, lease: float, job_ids: list[str]) -> None:
+        """Renew the lease of ``job_ids`` (the batch running now), rows locked in id order as ``progress`` locks them:
+        two writers of one batch never wait for each other in a cycle."""
+        until = time.time() + lease
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND worker = ? AND status = ?",
+                [(until, job_id, worker, RUNNING) for job_id in sorted(job_ids)],
+            )
 
     def progress(self, worker: str, updates: list[tuple[str, int, int, bytes | None]]) -> None:
         """(job id, step, total, preview PNG or None to keep the latest) for jobs this worker holds."""
@@ -276,13 +313,13 @@ class JobStore:
             conn.executemany(
                 "UPDATE jobs SET step = ?, total = ?, preview = COALESCE(?, preview) "
                 "WHERE id = ? AND worker = ? AND status = ?",
-                [(step, total, preview, job_id, worker, RUNNING) for job_id, step, total, preview in updates],
+                [(step, total, preview, job_id, worker, RUNNING) for job_id, step, total, preview in sorted(updates)],
             )
 
     def cancel_requested(self, job_ids: list[str]) -> set[str]:
         marks = ", ".join("?" * len(job_ids))
         sql = f"SELECT id FROM jobs WHERE id IN ({marks}) AND cancel_requested = 1"
-        return {r[0] for r in self.db.connection().execute(sql, job_ids)}
+        return {r["id"] for r in self.db.connection().execute(sql, job_ids)}
 
     def finish(
         self,
@@ -305,15 +342,24 @@ class JobStore:
             return cursor.rowcount == 1
 
     def recover(self) -> list[str]:
-        """Queue again (or fail, or cancel) running jobs whose holder is gone or whose lease ran out."""
+        """Queue again (or fail, or cancel) running jobs whose holder is gone or whose lease ran out.
+
+        Every sweeper calls this every second: a plain read finds the stale claims first, and only those are locked
+        (and checked again) in a transaction, so a sweep with nothing to do takes no write lock."""
         now = time.time()
+        sql = "SELECT id, worker, lease_until FROM jobs WHERE status = ?"
+        stale = [row["id"] for row in self.db.connection().execute(sql, (RUNNING,)) if _stale(row, now)]
+        if not stale:
+            return []
         recovered = []
         with self.db.transaction() as conn:
             rows = conn.execute(
-                "SELECT id, worker, lease_until, attempts, cancel_requested FROM jobs WHERE status = ?", (RUNNING,)
+                "SELECT id, worker, lease_until, attempts, cancel_requested FROM jobs "
+                f"WHERE id IN ({', '.join('?' * len(stale))}) AND status = ?{self.db.skip_locked}",
+                (*stale, RUNNING),
             ).fetchall()
             for row in rows:
-                if not (row["lease_until"] < now or holder_gone(row["worker"])):
+                if not _stale(row, now):  # renewed or re-claimed since the read
                     continue
                 if row["cancel_requested"]:
                     update = (CANCELLED, None, None, now)
@@ -324,8 +370,8 @@ class JobStore:
                     update = (QUEUED, None, None, None)
                 conn.execute(
                     "UPDATE jobs SET status = ?, error = ?, error_kind = ?, finished = ?, worker = NULL, "
-                    "lease_until = NULL WHERE id = ?",
-                    (*update, row["id"]),
+                    "lease_until = NULL WHERE id = ? AND status = ?",
+                    (*update, row["id"], RUNNING),
                 )
                 recovered.append(row["id"])
         return recovered
@@ -334,11 +380,13 @@ class JobStore:
 
     def meta(self, key: str) -> str | None:
         row = self.db.connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        return row["value"] if row else None
 
     def set_meta(self, key: str, value: str, *, only_if_missing: bool = False) -> str:
         """Store ``value`` (or keep the existing one with ``only_if_missing``); returns what is stored."""
-        verb = "INSERT OR IGNORE" if only_if_missing else "INSERT OR REPLACE"
+        on_conflict = "NOTHING" if only_if_missing else "UPDATE SET value = excluded.value"
         with self.db.transaction() as conn:
-            conn.execute(f"{verb} INTO meta (key, value) VALUES (?, ?)", (key, value))
+            conn.execute(
+                f"INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO {on_conflict}", (key, value)
+            )
         return self.meta(key)

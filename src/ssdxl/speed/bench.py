@@ -31,7 +31,7 @@ from PIL import Image
 
 from ssdxl.models.components import Components
 from ssdxl.sampling.precision import pick_dtype
-from ssdxl.speed import machine, openvino_backend
+from ssdxl.speed import machine, openvino_backend, threads
 from ssdxl.speed.flops import unet_flops
 from ssdxl.speed.runtime import Runtime
 from ssdxl.speed.timing import Mark, PeakMemory, summary
@@ -113,6 +113,7 @@ def run_benchmark(
     unknown = set(paths) - set(PATHS)
     if unknown:
         raise ValueError(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS)}")
+    threads.pin(torch.get_num_threads())  # every path on one count: ssdxl's own choice would give small models one
     load_start = os.getloadavg()
     info = machine.describe()
     log(f"machine: {info['cpu']}, {info['cores']} cores, {' '.join(info['speed_flags'])}")

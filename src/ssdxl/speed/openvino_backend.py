@@ -30,6 +30,7 @@ from ssdxl.models.components import Components
 from ssdxl.models.families import time_ids_of, unet_inputs
 from ssdxl.paths import cache_dir
 from ssdxl.sampling.precision import cpu_has_fast_bf16
+from ssdxl.speed import threads
 
 UNET_XML = "unet.xml"
 DECODER_XML = "vae_decoder.xml"
@@ -176,12 +177,13 @@ class _Compiled:
         ov = _openvino()
         self._core = ov.Core()
         self._model = self._core.read_model(model) if isinstance(model, Path) else model
-        # As many threads as torch is told to use: left alone, OpenVINO takes every core, and on a busy
-        # machine its threads wait for the cores that another process holds.
+        # As many threads as the user gave torch, else the cores torch started with (not its current count, which a
+        # small model's request may have lowered): left alone, OpenVINO takes every core, and on a busy machine its
+        # threads wait for the cores that another process holds.
         self._config = {
             "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+            "INFERENCE_NUM_THREADS": torch.get_num_threads() if threads.pinned() else threads.DEFAULT,
         }
         self._compiled: dict[tuple, Any] = {}
 

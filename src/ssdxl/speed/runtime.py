@@ -3,7 +3,9 @@
 ``Runtime.prepare`` is called once when an engine loads. The ``auto`` backend takes OpenVINO on a
 CPU when the package is installed and the model has been exported (``ssdxl export openvino``);
 otherwise eager PyTorch with the settings in ``tuning``. Per request the engine asks for the UNet
-to call (``unet``), optionally wrapped for DeepCache, and for a decoder (``decoder``).
+to call (``unet``), optionally wrapped for DeepCache, and for a decoder (``decoder``). On a CPU each
+request gets its thread count (``use_threads``: one for a small UNet's work, all cores for a large one), set
+when the request starts and again whenever a UNet is asked for, so nothing depends on what ran before.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from ssdxl.errors import UserError
 from ssdxl.models.components import Components
-from ssdxl.speed import openvino_backend, tuning
+from ssdxl.speed import openvino_backend, threads, tuning
 from ssdxl.speed.deepcache import DeepCacheUNet
 
 BACKENDS = ("auto", "torch", "openvino")
@@ -30,6 +32,7 @@ class Runtime:
     backend: str = "torch"
     unets: dict[int, openvino_backend.OpenVINOUNet] = field(default_factory=dict)
     decoders: dict[int, openvino_backend.OpenVINODecoder] = field(default_factory=dict)
+    cpu: bool = False  # thread counts are chosen per UNet and size (``speed.threads``)
 
     @classmethod
     def prepare(
@@ -50,7 +53,7 @@ class Runtime:
         if backend == "auto":
             usable = device.type == "cpu" and openvino_backend.available()
             backend = "openvino" if usable and all(f and openvino_backend.is_exported(f) for f in folders) else "torch"
-        runtime = cls(backend)
+        runtime = cls(backend, cpu=device.type == "cpu")
         if backend == "openvino":
             if device.type != "cpu":
                 raise UserError("the OpenVINO backend runs on the CPU; use --device cpu or --backend torch")
@@ -70,12 +73,18 @@ class Runtime:
         its adapters); latent sizes the OpenVINO graph was not traced for (not a multiple of the UNet's
         downsampling) and ``patched`` UNets (per-request LoRAs, which the exported graph lacks) run in
         PyTorch too."""
+        self.use_threads(unet, latents.shape[-2] * latents.shape[-1])
         if cache_interval > 1:
             return DeepCacheUNet(unet, cache_interval)
         replacement = self.unets.get(id(unet))
         if not patched and replacement is not None and replacement.supports(latents.shape):
             return replacement
         return unet
+
+    def use_threads(self, unet: torch.nn.Module, latent_pixels: int) -> None:
+        """Run on the thread count ``unet``'s work at ``latent_pixels`` calls for (unless the user set one)."""
+        if self.cpu and not threads.pinned():
+            torch.set_num_threads(threads.threads_for(unet, latent_pixels))
 
     def unet_path(self, unet: torch.nn.Module, latents: torch.Tensor, cache_interval: int, patched: bool) -> str:
         """How ``unet`` runs for a request (the choice ``unet`` makes), as recorded in its result: says so when

@@ -94,6 +94,18 @@ def nearest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tup
     return min(buckets, key=lambda b: abs(math.log((b[0] / b[1]) / (w / h))))
 
 
+def check_resolution(side: int, multiple: int) -> None:
+    """A training side the model can take (a multiple of its latent downscale times its UNet's)."""
+    if side % multiple:
+        raise UserError(f"--resolution {side} must be a multiple of {multiple} for this model")
+
+
+def buckets_at(source: IndexedSource, side: int, multiple: int) -> list[tuple[int, int]]:
+    """The aspect buckets around ``side`` that some image of ``source`` uses, once ``side`` is checked."""
+    check_resolution(side, multiple)
+    return used_buckets(source, aspect_buckets(side, multiple))
+
+
 def used_buckets(source: IndexedSource, buckets: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The buckets (in their given order) some image of ``source`` maps to: a square-photo set trains at one size.
 

@@ -357,7 +357,7 @@ def _answer(
         "sd_model_name": model,
     }
     return Txt2ImgResponse(
-        images=[base64.b64encode(i.path.read_bytes()).decode() for i in images] if body.send_images else [],
+        images=[base64.b64encode(i.data).decode() for i in images] if body.send_images else [],
         parameters=body.model_dump(exclude={"init_images", "mask"}),
         info=json.dumps(info),
     )

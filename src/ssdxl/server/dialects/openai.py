@@ -122,10 +122,10 @@ def _answer(request: Request, body: ImageGenerationRequest, images: list[StoredI
         if fmt == "url":
             data.append(ImageData(url=service.link(request, image.file)))
             continue
-        encoded = image.path.read_bytes()
+        encoded = image.data
         if body.output_format != "png":
             buffer = io.BytesIO()
-            with Image.open(image.path) as png:
+            with Image.open(io.BytesIO(image.data)) as png:
                 png.convert("RGB").save(buffer, format=body.output_format.upper())
             encoded = buffer.getvalue()
         data.append(ImageData(b64_json=base64.b64encode(encoded).decode()))

@@ -16,8 +16,9 @@ is bound to the name, so the base model is loaded once and shared with the plain
 Segmind's async API takes the same bodies: ``POST /v2/{model}`` stores the job and answers ``{"request_id",
 "status": "QUEUED", "poll_url"}`` at once; ``GET /v2/requests/{id}/status`` gives QUEUED, PROCESSING, COMPLETED
 (with signed image links, and the first image as base64 when the request asked for ``base64``) or FAILED (with
-``error``). ``POST /v2/{model}`` matches every one-segment ``/v2`` path, so ``async_router`` is included after every
-other router and no model may be named like a native ``/v2`` route (``check_model_names``).
+``error``); ``GET /v2/requests/{id}`` is the full result: that and the model, times, settings, infotexts, timings.
+``POST /v2/{model}`` matches every one-segment ``/v2`` path, so ``async_router`` is included after every other
+router and no model may be named like a native ``/v2`` route (``check_model_names``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ NO_STYLE = ("base", "none", "")  # what Segmind clients send for no style
 VEGA_RT_QUEUE, MODEL_QUEUE = f"/v2/{VEGA_RT}", "/v2/{model}"  # Segmind's async submits
 QUEUE_PATHS = (VEGA_RT_QUEUE, MODEL_QUEUE)  # their /v2 segments are model names, not reserved ones
 STATUS_PATH = "/v2/requests/{request_id}/status"
+RESULT_PATH = "/v2/requests/{request_id}"  # Segmind's "full async result"
+AsBase64 = Annotated[bool, Query(alias="base64", description="add the first image as base64 JPEG")]
 SegmindStatus = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]
 STATUSES: dict[str, SegmindStatus] = {
     QUEUED: "QUEUED",
@@ -132,7 +135,7 @@ def to_generation_request(body: SegmindRequest, *, refiner_available: bool) -> G
 
 def _jpeg(image: StoredImage) -> bytes:
     buffer = io.BytesIO()
-    with Image.open(image.path) as png:
+    with Image.open(io.BytesIO(image.data)) as png:
         png.convert("RGB").save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
 
@@ -222,6 +225,20 @@ class RequestStatus(BaseModel):
     error: str | None = Field(None, description="FAILED: why (a failed or cancelled job)")
 
 
+class RequestResult(RequestStatus):
+    """The status and, once finished, everything the job recorded (what ``/v2/jobs/{id}`` shows, in Segmind's
+    terms)."""
+
+    model: str
+    created_at: float = Field(description="when the request was accepted (Unix time)")
+    started_at: float | None = None
+    completed_at: float | None = None
+    infotexts: list[str] | None = Field(None, description="COMPLETED: each image's A1111 infotext")
+    params: dict | None = Field(None, description="the request as stored: every setting, defaults filled in")
+    timings: dict | None = Field(None, description="COMPLETED: seconds per stage")
+    warnings: list[str] | None = None
+
+
 def _queued(job: Job, request: Request, *, base64_json: bool) -> Queued:
     """The submit answer; ``base64`` rides on the poll URL because the job's stored request has no room for it."""
     url = _service(request).base_url(request) + STATUS_PATH.format(request_id=job.id)
@@ -250,17 +267,46 @@ def queue(model: str, body: SegmindRequest, request: Request) -> Queued:
 def request_status(
     request_id: str,
     request: Request,
-    as_base64: Annotated[bool, Query(alias="base64", description="add the first image as base64 JPEG")] = False,
+    as_base64: AsBase64 = False,
 ) -> RequestStatus:
     """An async request's status; 404 for another key's request, as for the native jobs."""
     service = _service(request)
     job = service.get(request_id, request_key(request))
-    answer = RequestStatus(request_id=job.id, status=STATUSES[job.status])
+    return _answer_for(RequestStatus(request_id=job.id, status=STATUSES[job.status]), job, request, as_base64)
+
+
+@async_router.get(RESULT_PATH, response_model=RequestResult, response_model_exclude_none=True)
+def request_result(
+    request_id: str,
+    request: Request,
+    as_base64: AsBase64 = False,
+) -> RequestResult:
+    """An async request's full result: its status, links, seeds and infotexts, settings, timings and warnings."""
+    job = _service(request).get(request_id, request_key(request))
+    answer = RequestResult(
+        request_id=job.id,
+        status=STATUSES[job.status],
+        model=job.model,
+        created_at=job.created,
+        started_at=job.started,
+        completed_at=job.finished,
+        params=job.request,
+    )
     if job.status == SUCCEEDED:
-        images = service.images(job)
-        answer.images = [service.link(request, image.file) for image in images]
-        answer.seeds = [image.seed for image in images]
-        answer.image = _jpeg_base64(images[0]) if as_base64 else None
+        answer.infotexts = [image["infotext"] for image in job.result["images"]]
+        answer.timings = job.result.get("timings")
+        answer.warnings = job.result.get("warnings") or None
+    return _answer_for(answer, job, request, as_base64)
+
+
+def _answer_for(answer: RequestStatus, job: Job, request: Request, as_base64: bool) -> RequestStatus:
+    """``answer`` with what the job's status adds: links and seeds (and the first image) once done, why it failed."""
+    service = _service(request)
+    if job.status == SUCCEEDED:
+        stored = job.result["images"]
+        answer.images = [service.link(request, image["file"]) for image in stored]
+        answer.seeds = [image["seed"] for image in stored]
+        answer.image = _jpeg_base64(service.images(job)[0]) if as_base64 else None  # bytes read only when asked
     elif job.status == FAILED:
         answer.error = public_text(job.error or "inference failed")
     elif job.status == CANCELLED:
