@@ -21,6 +21,9 @@ import torch  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # ssdxl's cache (model hashes, OpenVINO exports) goes to a fresh folder, so no test sees another's exports
 os.environ["SSDXL_CACHE"] = tempfile.mkdtemp(prefix="ssdxl-test-cache-")
+# Engines run eager PyTorch unless a test asks for a backend (tests/speed/test_openvino.py tests auto's choice): the
+# default, OpenVINO for bfloat16 models, would export every tiny model each test process loads.
+os.environ["SSDXL_BACKEND"] = "torch"
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 

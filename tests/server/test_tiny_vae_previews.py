@@ -80,3 +80,29 @@ def test_fast_decode_over_http_and_a_model_without_a_tiny_vae_refused_on_arrival
         ModelRegistry({"m": "x"}, tiny_vaes={"m": str(pickled)})
     with pytest.raises(UserError, match="no config.json"):
         ModelRegistry({"m": "x"}, tiny_vaes={"m": str(tmp_path)})
+
+
+def test_fast_decode_from_the_page(browser, tiny_dir, tmp_path):
+    """The box shows for a model with a tiny VAE only, and a checked box decodes the image with it."""
+    import requests
+    from serverkit import MODEL, generate_on_page, start_thread_server
+
+    handle, stop = start_thread_server(tmp_path / "data", tiny_dir(MODEL), models={"shapes": "shapes"})
+    try:
+        fast = requests.get(f"{handle.url}/v2/models", timeout=30).json()["fast_decode"]
+        assert "shapes" in fast and MODEL not in fast
+        page = browser.new_page()
+        page.goto(handle.url)
+        page.wait_for_selector("#model option[value='shapes']", state="attached")
+        page.select_option("#model", MODEL)
+        assert page.locator("#fast-decode-label").is_hidden()  # the tiny Vega has none
+        page.select_option("#model", "shapes")
+        page.check("#fast-decode")
+        image = generate_on_page(page, **{"#prompt": "a red circle", "#width": "64", "#height": "64", "#steps": "2"})
+        assert image.size == (64, 64)
+        job = requests.get(f"{handle.url}/v2/jobs", params={"limit": 1}, timeout=30).json()[0]
+        assert job["params"]["fast_decode"] is True and "Tiny VAE: taes-shapes" in job["images"][0]["infotext"]
+        page.select_option("#model", MODEL)  # switching to a model without one clears the box
+        assert page.locator("#fast-decode-label").is_hidden() and not page.is_checked("#fast-decode")
+    finally:
+        stop()

@@ -188,16 +188,27 @@ class AdapterPatcher:
         for layer in list(_lora_layers(self.parts.values(), [name])):
             layer.delete_adapter(name)
 
-    def _fuse(self, names: list[str]) -> dict[torch.nn.Module, torch.Tensor]:
+    @contextmanager
+    def unet_fused(self, loras: list[tuple[LoraInfo, float]]) -> Iterator[None]:
+        """Inside ``applied(loras)``: the UNet alone with them merged into its weights for the block (an export of it
+        with the LoRAs in), the text encoders as they were, so their output does not change in the last bits."""
+        backup = self._fuse([adapter_name(lora) for lora, _ in loras], ["unet"])
+        try:
+            yield
+        finally:
+            self._unfuse(backup, ["unet"])
+
+    def _fuse(self, names: list[str], parts: list[str] | None = None) -> dict[torch.nn.Module, torch.Tensor]:
+        parts = parts or list(self.parts)
         backup = {}
-        for layer in _lora_layers(self.parts.values(), names):
+        for layer in _lora_layers([self.parts[part] for part in parts], names):
             base = layer.get_base_layer()
             backup[base] = base.weight.detach().clone()
-        self.pipeline.fuse_lora(components=list(self.parts), adapter_names=names)
+        self.pipeline.fuse_lora(components=parts, adapter_names=names)
         return backup
 
-    def _unfuse(self, backup: dict[torch.nn.Module, torch.Tensor]) -> None:
-        self.pipeline.unfuse_lora(components=list(self.parts))
+    def _unfuse(self, backup: dict[torch.nn.Module, torch.Tensor], parts: list[str] | None = None) -> None:
+        self.pipeline.unfuse_lora(components=parts or list(self.parts))
         with torch.no_grad():
             for base, weight in backup.items():
                 base.weight.copy_(weight)

@@ -90,7 +90,7 @@ def export_openvino(
     if not engine.base.hash and output is None:
         raise UserError(f"{model} has no weights file to key the cache by; pass --output")
     folder = output or openvino_backend.default_dir(engine.base.hash)
-    openvino_backend.export(engine.base.components, folder, int8=int8)
+    openvino_backend.export(engine.base.components, folder, int8=int8, progress=True)
     typer.echo(f"wrote {folder}")
 
 

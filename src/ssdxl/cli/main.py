@@ -198,8 +198,13 @@ def generate(
                      "(madebyollin/taesdxl; ssdxl train tiny-vae) or a TAESD/TAESDXL *_decoder.safetensors."),
     ] = None,
     backend: Annotated[
-        str, typer.Option("--backend", help="auto (OpenVINO once exported, else PyTorch), torch or openvino.")
-    ] = "auto",
+        str | None,
+        typer.Option(
+            "--backend",
+            help="auto (OpenVINO on a CPU unless --dtype float32, exported on first use; else PyTorch), torch or "
+            "openvino. Default: $SSDXL_BACKEND, else auto.",
+        ),
+    ] = None,
     optimize: Annotated[
         bool, typer.Option("--optimize/--no-optimize", help="The measured CPU settings (channels-last).")
     ] = True,
@@ -396,6 +401,7 @@ def generate(
         prediction=prediction,
         zero_snr=zero_snr,
         tiny_vae=tiny_vae,
+        progress=True,
     )
     if tiled_vae:
         engine.enable_tiled_vae()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ from ssdxl.sampling.precision import dtype_name, pick_device, pick_dtype
 from ssdxl.sampling.request import ControlUnit, GeneratedImage, GenerationRequest, GenerationResult, ImagePrompt
 from ssdxl.sampling.schedulers import resolve_scheduler
 from ssdxl.speed import tuning
-from ssdxl.speed.runtime import Runtime
+from ssdxl.speed.runtime import Runtime, adapters_key
 from ssdxl.upscale import is_latent_mode, resolve_upscaler, upscale_image, upscale_latents
 
 FEW_STEP_SCHEDULERS = {"LCMScheduler": "LCM", "TCDScheduler": "TCD"}  # a distilled UNet shipped with its sampler
@@ -136,7 +136,7 @@ class Engine:
         device: str = "auto",
         dtype: str = "auto",
         allow_pickle: bool = False,
-        backend: str = "auto",
+        backend: str | None = None,
         optimize: bool = True,
         lora_dirs: tuple[str | Path, ...] = (),
         embedding_dirs: tuple[str | Path, ...] = (),
@@ -150,8 +150,10 @@ class Engine:
         prediction: str | None = None,
         zero_snr: bool = False,
         tiny_vae: str | Path | None = None,
+        progress: bool = False,
     ) -> Engine:
-        """``backend``: torch, openvino, or auto (OpenVINO where installed and exported); ``optimize``
+        """``backend``: torch, openvino, or auto (OpenVINO on a CPU for bfloat16 models, exported on first use;
+        ``speed.runtime``), None: ``$SSDXL_BACKEND`` or auto; ``optimize``
         applies the measured CPU settings of ``ssdxl.speed.tuning``; ``lora_dirs`` / ``embedding_dirs``
         ``controlnet_dirs``, ``upscaler_dirs`` and ``ip_adapter_dirs`` are folders whose files requests may name;
         ``allow_paths`` False takes control models, IP-Adapters and upscalers from those folders only; ``vae``
@@ -159,7 +161,8 @@ class Engine:
         prompt styles to the built-in ones.
         ``prediction`` (v / eps) and ``zero_snr`` override the base model's scheduler config (``load_components``).
         ``tiny_vae`` (an ``AutoencoderTiny`` folder or TAESD file, ``ssdxl.models.tiny_vae``) decodes requests that
-        ask for ``fast_decode`` and the server's previews; a built-in model gets the one shipped for it."""
+        ask for ``fast_decode`` and the server's previews; a built-in model gets the one shipped for it.
+        ``progress``: a bar on stderr while a model is exported for OpenVINO (its first use, ``Runtime.prepare``)."""
         styles = load_styles(styles_files)  # a bad file fails before the model loads
         library = AdapterLibrary(lora_dirs, embedding_dirs, allow_pickle=allow_pickle)
         controls = ControlLibrary(controlnet_dirs, allow_pickle=allow_pickle, allow_paths=allow_paths)
@@ -168,7 +171,7 @@ class Engine:
         base = _load(model, torch_device, torch_dtype, allow_pickle, prediction=prediction, zero_snr=zero_snr)
         ref = _load(refiner, torch_device, torch_dtype, allow_pickle) if refiner is not None else None
         loaded = [(m.components, m.hash) for m in (base, ref) if m is not None]
-        runtime = Runtime.prepare(loaded, torch_device, backend=backend, optimize=optimize)
+        runtime = Runtime.prepare(loaded, torch_device, backend=backend, optimize=optimize, progress=progress)
         for m in (base, ref) if vae is not None else ():
             if m is not None:  # after the runtime: an OpenVINO export holds the model's own decoder, which goes
                 runtime.forget_decoder(m.components.vae)
@@ -456,8 +459,26 @@ class Engine:
         """The base model with the request's LoRAs on, for the block (text encoding and denoising)."""
         loras = [(self.adapters.lora(path), weight) for path, weight in r.loras]
         image_prompts = [(info, p.scale) for info, p in zip(self._ip_adapters(r), r.image_prompts, strict=True)]
+        key = self._fused_key(r)
         with self.patcher.applied(loras, fuse=self.fuse_loras), self.ip_patcher.applied(image_prompts):
+            if key is not None and not self.runtime.has_adapted(self.base.components, key):
+                # once per LoRA set: the UNet with them merged (already, when the engine fuses), as an OpenVINO graph
+                with nullcontext() if self.fuse_loras else self.patcher.unet_fused(loras):
+                    self.runtime.export_adapted(self.base.components, key)
             yield
+
+    def _fused_key(self, r: GenerationRequest) -> str | None:
+        """The fused OpenVINO export a request's UNet runs (``Runtime.adapted``), or None. Fused for good when the
+        runtime runs OpenVINO and only LoRAs change the UNet's call, if one is a few-step LoRA (LCM, TCD: the
+        real-time path, where the step is all the time there is) or the engine fuses LoRAs anyway."""
+        if not r.loras or r.controls or r.image_prompts or r.cache_interval > 1:
+            return None
+        if not self.runtime.fusable(self.base.components.unet):
+            return None
+        loras = [(self.adapters.lora(path), weight) for path, weight in r.loras]
+        if not (self.fuse_loras or any(lora.few_step for lora, _ in loras)):
+            return None
+        return adapters_key([(lora.hash, weight) for lora, weight in loras])
 
     def _conditioning(
         self, comps: Components, r: GenerationRequest, rewrite=lambda text: text
@@ -646,7 +667,7 @@ class Engine:
                 "dtype": dtype_name(self.dtype),
                 "device": self.device.type,
                 "backend": self.runtime.unet_path(
-                    self.base.components.unet, row_latents, r.cache_interval, _patched_unet(r)
+                    self.base.components.unet, row_latents, r.cache_interval, _patched_unet(r), self._fused_key(r)
                 ),
                 **self._adapter_records(r),
             }
@@ -682,8 +703,9 @@ class Engine:
     ):
         """One model's part of the schedule: the request's model call (the runtime's UNet: eager, DeepCache
         or OpenVINO, with the control units' residuals) under guidance and inpainting, stepped by the loop."""
-        patched = comps is self.base.components and _patched_unet(r)
-        model = ModelCall(self.runtime.unet(comps.unet, latents, r.cache_interval, patched), controls)
+        base = comps is self.base.components
+        patched, fused = base and _patched_unet(r), self._fused_key(r) if base else None
+        model = ModelCall(self.runtime.unet(comps.unet, latents, r.cache_interval, patched, fused), controls)
         denoiser = GuidedDenoiser(
             model,
             scheduler,

@@ -178,6 +178,7 @@ def models(request: Request) -> ModelsView:
     return ModelsView(
         models=registry.names(),
         families=registry.families(),
+        fast_decode=[name for name in registry.names() if registry.has_tiny_vae(name)],
         default=registry.default,
         schedulers=scheduler_names(),
         limits=LimitsView(min_side=MIN_SIDE, max_prompt_chars=MAX_PROMPT_CHARS, **dataclasses.asdict(limits)),

@@ -274,6 +274,7 @@ class LimitsView(BaseModel):
 class ModelsView(BaseModel):
     models: list[str]
     families: dict[str, str | None] = {}  # model name -> sd1, sd2, sd2-v, sdxl, sdxl-refiner (None: unknown)
+    fast_decode: list[str] = []  # the models with a tiny VAE: the ones a request may ask for fast_decode
     default: str
     schedulers: list[str]
     limits: LimitsView

@@ -230,7 +230,7 @@ def _runners(components: Components, settings: Settings) -> dict[str, Callable[[
     def engine(backend: str, int8: bool = False, **request: Any):
         def setup(result: PathResult):
             if backend == "openvino" and not openvino_backend.available():
-                raise _Unavailable("openvino is not installed (pip install 'ssdxl[openvino]')")
+                raise _Unavailable("openvino is not installed (pip install openvino)")
             components.to("cpu", engine_dtype)
             runtime = Runtime.prepare([(components, "")], torch.device("cpu"), backend="torch")
             if backend == "openvino":

@@ -17,7 +17,10 @@ embedding is as exact as in PyTorch. ``int8=True`` compresses the weights to 8 b
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,7 @@ def _openvino():
     try:
         import openvino
     except ImportError:
-        raise UserError("the OpenVINO backend needs the openvino extra: pip install 'ssdxl[openvino]'") from None
+        raise UserError("the OpenVINO backend needs the openvino package: pip install openvino") from None
     return openvino
 
 
@@ -61,7 +64,15 @@ def default_dir(model_hash: str) -> Path:
 
 
 def is_exported(folder: Path) -> bool:
-    return (folder / MANIFEST).is_file()
+    """Whether ``folder`` holds a complete export in this version's format (else it is exported again)."""
+    return _manifest(folder).get("format") == FORMAT
+
+
+def _manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 class _UNetGraph(torch.nn.Module):
@@ -96,7 +107,7 @@ def convert_unet(unet: torch.nn.Module, time_ids: int | None = None):
     kw = unet_inputs(config, count, 2, side, side, lambda *shape: torch.randn(shape, dtype=dtype))
     added = list((kw["added_cond_kwargs"] or {}).values())
     inputs = (kw["sample"], torch.tensor([500.0, 500.0]), kw["encoder_hidden_states"], *added)
-    with torch.no_grad(), _contiguous(unet):
+    with torch.inference_mode(False), torch.no_grad(), _contiguous(unet), _quiet_tracing():  # also mid-generation
         return _float32_boundary(ov, ov.convert_model(_UNetGraph(unet), example_input=inputs, share_weights=False))
 
 
@@ -104,29 +115,57 @@ def convert_decoder(vae: torch.nn.Module):
     ov = _openvino()
     side = 2 ** (len(vae.config.block_out_channels) - 1)
     latents = torch.randn(1, vae.config.latent_channels, side, side, dtype=vae.dtype)
-    with torch.no_grad(), _contiguous(vae):
+    with torch.no_grad(), _contiguous(vae), _quiet_tracing():
         return _float32_boundary(
             ov, ov.convert_model(_DecoderGraph(vae), example_input=(latents,), share_weights=False)
         )
 
 
-def export(components: Components, folder: Path, *, int8: bool = False) -> Path:
-    """Convert the UNet and VAE decoder to OpenVINO IR in ``folder`` (minutes for full-size SDXL)."""
+def export(
+    components: Components, folder: Path, *, int8: bool = False, decoder: bool = True, progress: bool = False
+) -> Path:
+    """Convert the UNet (and the VAE decoder, unless ``decoder`` is False) to OpenVINO IR in ``folder``: about a
+    second for the built-in model, minutes for full-size SDXL (docs/performance.md). The IR is written beside
+    ``folder`` and moved into place when complete, so a process that stops half-way, or another one exporting the
+    same model at the same time, never leaves a half export that looks finished."""
     ov = _openvino()
-    folder.mkdir(parents=True, exist_ok=True)
-    converters = (
-        (UNET_XML, lambda: convert_unet(components.unet, components.family.time_ids)),
-        (DECODER_XML, lambda: convert_decoder(components.vae)),
-    )
-    for name, convert in converters:
-        model = convert()
-        if int8:
-            model = _compress_int8(model)
-        ov.save_model(model, folder / name, compress_to_fp16=False)
-        del model
-    manifest = {"format": FORMAT, "model": components.name, "dtype": str(components.unet.dtype), "int8": int8}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    converters: list[tuple[str, Callable[[], Any]]] = [
+        (UNET_XML, lambda: convert_unet(components.unet, components.family.time_ids))
+    ]
+    if decoder:
+        converters.append((DECODER_XML, lambda: convert_decoder(components.vae)))
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        with _stages(len(converters), f"OpenVINO export of {components.name} (once)", progress) as advance:
+            for name, convert in converters:
+                model = convert()
+                if int8:
+                    model = _compress_int8(model)
+                ov.save_model(model, partial / name, compress_to_fp16=False)
+                del model
+                advance()
+        manifest = {"format": FORMAT, "model": components.name, "dtype": str(components.unet.dtype), "int8": int8}
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if not is_exported(folder):  # else another process finished first: keep its export
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return folder
+
+
+@contextmanager
+def _stages(total: int, description: str, show: bool) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr over the export's parts (a UNet's conversion is one long step)."""
+    if not show:
+        yield lambda: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=description, unit="part", leave=False) as bar:
+        yield lambda: bar.update(1)
 
 
 @contextmanager
@@ -143,6 +182,15 @@ def _contiguous(module: torch.nn.Module) -> Iterator[None]:
     finally:
         if channels_last:
             module.to(memory_format=torch.channels_last)
+
+
+@contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Without the tracer's warnings about diffusers' shape checks (``assert``, ``if x.shape[0] >= 64``): they hold
+    for every shape the graph is compiled for, and a user's first image should not print a page of them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
 
 
 def _latent_multiple(config: Any) -> int:
@@ -180,10 +228,12 @@ class _Compiled:
         # As many threads as the user gave torch, else the cores torch started with (not its current count, which a
         # small model's request may have lowered): left alone, OpenVINO takes every core, and on a busy machine its
         # threads wait for the cores that another process holds.
+        # CACHE_DIR: OpenVINO keeps each compiled shape on disk, so the next process loads it instead of compiling
         self._config = {
             "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": torch.get_num_threads() if threads.pinned() else threads.DEFAULT,
+            "CACHE_DIR": str(cache_dir() / "openvino" / "compiled"),
         }
         self._compiled: dict[tuple, Any] = {}
 
@@ -230,14 +280,17 @@ class OpenVINODecoder:
 
 def load(folder: Path, components: Components) -> tuple[OpenVINOUNet, OpenVINODecoder]:
     """The exported UNet and decoder of ``components``, computing in bfloat16 where the CPU has it."""
+    unet = load_unet(folder, components)
+    return unet, OpenVINODecoder(folder / DECODER_XML, precision_hint(components.unet.dtype))
+
+
+def load_unet(folder: Path, components: Components) -> OpenVINOUNet:
     if not is_exported(folder):
+        if _manifest(folder):
+            raise UserError(f"{folder} was exported by another ssdxl version; export again")
         raise UserError(f"{folder} holds no OpenVINO export; run: ssdxl export openvino MODEL")
-    manifest = json.loads((folder / MANIFEST).read_text())
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{folder} was exported by another ssdxl version; export again")
-    precision = precision_hint(components.unet.dtype)
-    unet = OpenVINOUNet(folder / UNET_XML, components.unet.config, components.unet.dtype, precision)
-    return unet, OpenVINODecoder(folder / DECODER_XML, precision)
+    unet = components.unet
+    return OpenVINOUNet(folder / UNET_XML, unet.config, unet.dtype, precision_hint(unet.dtype))
 
 
 def precision_hint(dtype: torch.dtype) -> str:

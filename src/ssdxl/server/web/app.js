@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 const LORA_WEIGHT = { min: -1, max: 2, step: 0.05 }; // the picker's range; the API takes -10..10
 const SIDES = ["left", "top", "right", "bottom"]; // outpaint
 let following = null; // { job id, EventSource } while a job is followed
+let fastDecodeModels = new Set(); // the models with a tiny VAE, which may decode fast
 
 async function api(path, options = {}) {
   const response = await fetch(path, options);
@@ -30,11 +31,20 @@ async function loadModels() {
     const family = (info.families || {})[name];
     $("model").add(new Option(family ? `${name} (${family})` : name, name, false, name === info.default));
   }
+  fastDecodeModels = new Set(info.fast_decode || []);
+  showFastDecode();
   for (const name of info.schedulers) $("scheduler").add(new Option(name, name));
   const limits = info.limits; // the server's request limits: the inputs refuse what it would
   for (const id of ["width", "height"]) Object.assign($(id), { min: limits.min_side, max: limits.max_side });
   $("steps").max = $("hires-steps").max = limits.max_steps;
   $("prompt").maxLength = $("negative").maxLength = limits.max_prompt_chars;
+}
+
+// The fast-decode box, for the chosen model only where it has a tiny VAE (the server refuses it elsewhere).
+function showFastDecode() {
+  const usable = fastDecodeModels.has($("model").value);
+  $("fast-decode-label").hidden = !usable;
+  if (!usable) $("fast-decode").checked = false;
 }
 
 // Prompt styles: each option's tooltip shows the template the prompt goes into.
@@ -258,6 +268,7 @@ async function generate(event) {
     seed: numberOrNull("seed") ?? -1,
     loras: chosenLoras(),
     styles: $("style").value ? [$("style").value] : [],
+    fast_decode: $("fast-decode").checked,
   };
   try {
     const body = { ...fields, ...(await toolFields()) };
@@ -280,6 +291,7 @@ async function cancel() {
 $("form").addEventListener("submit", generate);
 $("cancel").addEventListener("click", cancel);
 $("lora-add").addEventListener("click", () => addLora($("lora-choice").value));
+$("model").addEventListener("change", showFastDecode);
 for (const id of ["control-scale", "ip-scale"]) {
   $(id).addEventListener("input", () => ($(`${id}-value`).value = $(id).value));
 }
