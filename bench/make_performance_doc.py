@@ -248,19 +248,24 @@ Kept (on by default in `ssdxl generate`; `--no-optimize` and `--backend torch` (
   bfloat16 modules, the latter in channels-last: UNet CPU-seconds per step and, above all, the VAE decode
   (oneDNN convolutions work in NHWC; NCHW costs a reorder around every convolution). A one-thread
   CPU-time experiment on Segmind-Vega at 512² gave 3.95 s (NCHW, SDPA) against 3.67 s (channels-last).
-- **OpenVINO** (the default on CPUs for bfloat16 models, `--backend auto`; in the default install since
-  issue #16): ssdxl's fastest correct path (`ssdxl-openvino`). The first use of a model exports its UNet
+- **OpenVINO** (the default on CPUs for full-size bfloat16 models, `--backend auto`; in the default install
+  since issue #16): ssdxl's fastest correct path (`ssdxl-openvino`). The first use of a model exports its UNet
   and decoder into the cache (`~/.cache/ssdxl/openvino/<weights hash>`, written aside and moved into place
-  when complete, with a progress bar): about 5 s for the built-in model, minutes for full-size ones (the
-  real-time section below measures Vega's); each new shape then compiles once and OpenVINO keeps the compiled
-  graph on disk (`CACHE_DIR`), so later processes load it. float32 requests stay in eager PyTorch, whose
-  arithmetic is diffusers' to the bit, and so do DeepCache, ControlNets, IP-Adapters and LoRAs other than
-  few-step ones (those are fused into an export of their own; see the real-time section). Per CPU-second it
-  is only ~15% ahead of eager PyTorch (3.18 against 3.67 s for a Vega step at 512², one thread), but its
-  thread pool copes far better with a busy machine than OpenMP's barriers, and its decoder is faster. On the
-  built-in model a 20-step image took 121 ms against 380 ms eager (quiet machine, one process, 2026-12-01).
+  when complete, with a progress bar): 20 s for Vega (the real-time section below), about 5 s for the built-in
+  model; each new shape then compiles once and OpenVINO keeps the compiled graph on disk (`CACHE_DIR`), so
+  later processes load it. float32 requests stay in eager PyTorch, whose arithmetic is diffusers' to the bit,
+  and so do DeepCache, ControlNets, IP-Adapters and LoRAs other than few-step ones (those are fused into an
+  export of their own; see the real-time section). Small models (the built-in ones) stay in PyTorch too: a
+  one-image command is faster so (the first-command section below), `SSDXL_BACKEND=openvino` for a server.
+  Per CPU-second it is only ~15% ahead of eager PyTorch (3.18 against 3.67 s for a Vega step at 512², one
+  thread), but its thread pool copes far better with a busy machine than OpenMP's barriers, and its decoder is
+  faster. On the built-in model a 20-step image took 121 ms against 380 ms eager (quiet machine, one process,
+  2026-12-01).
   Seeds reproduce their images at the built-in and full sizes; on toy models (8x8 latents at batch 1) its
-  two-thread reductions run in varying order and repeat an image only within a level or so.
+  two-thread reductions run in varying order and repeat an image only within a level or so. The compiled graphs
+  hold their own copy of the weights beside the PyTorch modules (which LoRAs, ControlNets and DeepCache still
+  run): peak memory 8.3 against 4.5 GiB for Vega at 512² (the end-to-end table), so on a machine short of memory
+  `SSDXL_BACKEND=torch` is the choice.
   Its images are a little further from float32 than eager bfloat16's (see PSNR): it computes more of
   the network in bfloat16.
   It runs on as many threads as torch (`INFERENCE_NUM_THREADS`): left to itself OpenVINO takes every
@@ -279,9 +284,13 @@ Options, measured above for speed and quality, off by default because they chang
 - **Guidance cut-off** (`--guidance-cutoff F`): guidance for the first F of the steps, batch 1 after
   (`ssdxl-openvino+cfg-cutoff`, F = 0.5). With 3 steps only one step is unguided; the run's noise
   (per-step spread in its row) is larger than that saving.
-- **INT8 weights** (`ssdxl export openvino MODEL --int8`, NNCF weight compression, as in the OpenVINO
-  notebook): half the IR on disk, but about 3x slower per step on this CPU (`ssdxl-openvino-int8`):
-  without AMX the weights are decompressed for every call. Not used unless asked for.
+- **INT8** (`ssdxl export openvino MODEL --int8`: NNCF post-training quantization of the UNet's activations and
+  weights, calibrated on the UNet's inputs while the model draws `--calibration N` prompts, as the OpenVINO
+  notebooks do; the INT8 section below): a Vega step at 512² 1.9x faster than bfloat16 OpenVINO on this
+  AVX512-VNNI CPU, PSNR against float32 33.0 dB on random weights, the built-in model's adherence 1 point
+  lower. An explicit export, since it changes the image more than bfloat16 does. `--int8-mode weights` (weight
+  compression only, what `--int8` did before) is about 4x slower per step here than bfloat16: the weights are
+  decompressed at every call.
 
 Measured and rejected:
 

@@ -244,6 +244,28 @@ def test_fast_decode_follows_the_tiny_vaes_scaling_factor_like_diffusers(tiny_di
     assert np.abs(ours - theirs).max() <= 1
 
 
+def test_tiled_vae_tiles_the_fast_decode_too_as_diffusers_does(tiny_dir, taesdxl):
+    """``--tiled-vae`` reaches the tiny VAE: above 512 pixels a side it decodes tile by tile, as diffusers'
+    ``AutoencoderTiny.enable_tiling`` does."""
+    from ssdxl.sampling.engine import Engine
+
+    folder, _ = taesdxl
+    engine = Engine.load(tiny_dir("vega"), device="cpu", dtype="float32", tiny_vae=folder)
+    latents = torch.randn(1, 4, 80, 72, generator=torch.Generator().manual_seed(1))  # 576 wide, 640 high
+    with torch.inference_mode():
+        whole = np.asarray(engine._decode_tiny(latents), dtype=np.int16)
+        engine.enable_tiled_vae()
+        tiled = np.asarray(engine._decode_tiny(latents), dtype=np.int16)
+    tiny = AutoencoderTiny.from_pretrained(folder).eval()
+    tiny.enable_tiling()
+    pipe = StableDiffusionXLPipeline(**{**engine.base.components.diffusers_pipeline().components, "vae": tiny})
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    theirs = np.asarray(pipe.image_processor.postprocess(decoded, output_type="pil")[0], dtype=np.int16)
+    assert tiled.shape == (640, 576, 3) and np.abs(tiled - theirs).max() <= 1
+    assert not np.array_equal(tiled, whole)  # the tiles' seams are blended: another picture, as with the full VAE
+
+
 def test_fast_decode_without_a_tiny_vae_says_where_to_get_one(tiny_dir, taesdxl, tmp_path):
     from ssdxl.sampling.engine import Engine
 

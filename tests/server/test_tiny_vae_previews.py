@@ -106,3 +106,15 @@ def test_fast_decode_from_the_page(browser, tiny_dir, tmp_path):
         assert page.locator("#fast-decode-label").is_hidden() and not page.is_checked("#fast-decode")
     finally:
         stop()
+
+
+def test_a_folder_fine_tuned_from_the_builtin_model_keeps_fast_decode(tmp_path, tiny_dir):
+    """A copy of the built-in model under another name (what a fine-tune saves) reads the same latents: the server
+    lets its requests decode fast, as the engine would."""
+    import shutil
+
+    from ssdxl.models import builtin
+
+    copy = shutil.copytree(builtin.resolve("shapes"), tmp_path / "my-shapes")
+    registry = ModelRegistry({"mine": str(copy), "vega": str(tiny_dir("vega"))}, device="cpu")
+    assert registry.has_tiny_vae("mine") and not registry.has_tiny_vae("vega")

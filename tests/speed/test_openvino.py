@@ -12,12 +12,19 @@ from ssdxl.adapters.synthetic import make_lora
 from ssdxl.errors import UserError
 from ssdxl.sampling.engine import Engine
 from ssdxl.sampling.request import GenerationRequest
-from ssdxl.speed import openvino_backend, runtime
+from ssdxl.speed import openvino_backend, runtime, threads
 from ssdxl.speed.bench import psnr
 from ssdxl.speed.deepcache import DeepCacheUNet
 
 pytest.importorskip("openvino")
 REQUEST = GenerationRequest("a green triangle", seed=2, steps=4)
+SMALL_WORK = threads.SMALL_WORK
+
+
+@pytest.fixture(autouse=True)
+def full_size(monkeypatch):
+    """Every model here counts as full size, which ``auto`` runs in OpenVINO (the tiny ones are small work)."""
+    monkeypatch.setattr(threads, "SMALL_WORK", 0)
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +109,15 @@ def test_auto_exports_a_bfloat16_model_on_first_use_once(tiny_dir, private_cache
     assert len(exports) == 1  # the second engine reads the cache
     exact = Engine.load(tiny_dir("ssd-1b"), device="cpu", dtype="float32")
     assert exact.runtime.backend == "torch" and len(exports) == 1  # float32: PyTorch's arithmetic, to the bit
+
+
+def test_auto_keeps_small_models_in_pytorch(tiny_dir, private_cache, exports, monkeypatch):
+    """A one-image run of a small model is faster in PyTorch than importing OpenVINO (docs/performance.md)."""
+    monkeypatch.delenv("SSDXL_BACKEND")
+    monkeypatch.setattr(threads, "SMALL_WORK", SMALL_WORK)  # the real rule
+    for model in (tiny_dir("ssd-1b"), None):  # a tiny preset, the built-in model
+        assert Engine.load(model, device="cpu", dtype="bfloat16").runtime.backend == "torch"
+    assert not exports
 
 
 def test_the_environment_sets_the_default_backend(tiny_dir, private_cache, monkeypatch):

@@ -78,29 +78,94 @@ def export_openvino(
         Path | None, typer.Option("--output", "-o", help="Default: the cache folder --backend openvino reads.")
     ] = None,
     int8: Annotated[
-        bool, typer.Option("--int8", help="Compress weights to INT8 with NNCF (smaller, see docs).")
+        bool,
+        typer.Option(
+            "--int8", help="Quantize the UNet to INT8 with NNCF (activations and weights; see --int8-mode and docs)."
+        ),
     ] = False,
+    int8_mode: Annotated[
+        str,
+        typer.Option(
+            "--int8-mode",
+            help="full (activations and weights), hybrid (convolutions fully, other weights only) or weights "
+            "(weight compression only, no calibration).",
+        ),
+    ] = "full",
+    calibration: Annotated[
+        int, typer.Option("--calibration", min=1, max=512, help="Prompts the model samples to calibrate INT8.")
+    ] = 8,
+    calibration_prompts: Annotated[
+        Path | None, typer.Option("--calibration-prompts", help="A text file of calibration prompts, one per line.")
+    ] = None,
+    calibration_size: Annotated[
+        str | None,
+        typer.Option("--calibration-size", help="WxH the calibration images are made at (default: the model's)."),
+    ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            help="LoRA file or name, optionally :WEIGHT (repeatable): export the UNet with them fused, where "
+            "generate looks for that LoRA set (a few-step LoRA's real-time path).",
+        ),
+    ] = None,
+    lora_dir: Annotated[list[Path] | None, typer.Option("--lora-dir", help="Folder of LoRAs --lora names.")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32 or bfloat16: the precision traced.")] = "auto",
 ) -> None:
-    """Convert a model's UNet and VAE decoder to OpenVINO IR (then generate uses them automatically)."""
+    """Convert a model's UNet and VAE decoder to OpenVINO IR (then generate uses them automatically; without this
+    command the first generation exports the model itself, without INT8)."""
+    from ssdxl.adapters.library import split_weight
     from ssdxl.sampling.engine import Engine
+    from ssdxl.speed import calibration as calib
     from ssdxl.speed import openvino_backend
+    from ssdxl.speed.runtime import adapters_key, fused_dir
 
-    engine = Engine.load(model, device="cpu", dtype=dtype, backend="torch")
+    if int8_mode not in openvino_backend.INT8_MODES:
+        raise UserError(f"--int8-mode must be one of {', '.join(openvino_backend.INT8_MODES)}, not {int8_mode!r}")
+    prompts = _prompt_file(calibration_prompts) if calibration_prompts is not None else None
+    width, height = _size(calibration_size, "--calibration-size") if calibration_size else (None, None)
+    loras = [split_weight(text) for text in lora or []]
+    engine = Engine.load(model, device="cpu", dtype=dtype, backend="torch", lora_dirs=tuple(lora_dir or ()))
+    infos = [(engine.adapters.lora(ref), weight) for ref, weight in loras]  # an unknown LoRA fails before any work
     if not engine.base.hash and output is None:
         raise UserError(f"{model} has no weights file to key the cache by; pass --output")
     folder = output or openvino_backend.default_dir(engine.base.hash)
-    openvino_backend.export(engine.base.components, folder, int8=int8, progress=True)
+    if infos and output is None:
+        folder = fused_dir(folder, adapters_key([(info.hash, weight) for info, weight in infos]))
+    mode = int8_mode if int8 else None
+    if mode in ("full", "hybrid"):
+        prompts = (prompts or calib.default_prompts(engine, calibration))[:calibration]
+    calib.export_model(
+        engine,
+        folder,
+        int8=mode,
+        prompts=prompts or (),
+        loras=loras,
+        width=width,
+        height=height,
+        progress=True,
+        log=lambda message: typer.echo(message, err=True),
+    )
     typer.echo(f"wrote {folder}")
 
 
-def _size(text: str) -> tuple[int, int]:
+def _prompt_file(path: Path) -> list[str]:
+    try:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read --calibration-prompts {path}: {exc}") from None
+    if not prompts:
+        raise UserError(f"--calibration-prompts {path} holds no prompts")
+    return prompts
+
+
+def _size(text: str, option: str = "--size") -> tuple[int, int]:
     """``--size WxH`` as (width, height), positive multiples of 8."""
     from ssdxl.sampling.limits import parse_size
 
-    width, height = parse_size(text, "--size")
+    width, height = parse_size(text, option)
     if width % 8 or height % 8 or width <= 0 or height <= 0:
-        raise UserError(f"--size sides must be positive multiples of 8; got {text}")
+        raise UserError(f"{option} sides must be positive multiples of 8; got {text}")
     return width, height
 
 

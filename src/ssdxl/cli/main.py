@@ -201,8 +201,8 @@ def generate(
         str | None,
         typer.Option(
             "--backend",
-            help="auto (OpenVINO on a CPU unless --dtype float32, exported on first use; else PyTorch), torch or "
-            "openvino. Default: $SSDXL_BACKEND, else auto.",
+            help="auto (OpenVINO on a CPU for full-size bfloat16 models, exported on first use; else PyTorch), "
+            "torch or openvino. Default: $SSDXL_BACKEND, else auto.",
         ),
     ] = None,
     optimize: Annotated[

@@ -152,8 +152,8 @@ class Engine:
         tiny_vae: str | Path | None = None,
         progress: bool = False,
     ) -> Engine:
-        """``backend``: torch, openvino, or auto (OpenVINO on a CPU for bfloat16 models, exported on first use;
-        ``speed.runtime``), None: ``$SSDXL_BACKEND`` or auto; ``optimize``
+        """``backend``: torch, openvino, or auto (OpenVINO on a CPU for full-size bfloat16 models, exported on first
+        use; ``speed.runtime``), None: ``$SSDXL_BACKEND`` or auto; ``optimize``
         applies the measured CPU settings of ``ssdxl.speed.tuning``; ``lora_dirs`` / ``embedding_dirs``
         ``controlnet_dirs``, ``upscaler_dirs`` and ``ip_adapter_dirs`` are folders whose files requests may name;
         ``allow_paths`` False takes control models, IP-Adapters and upscalers from those folders only; ``vae``
@@ -204,6 +204,8 @@ class Engine:
         for loaded in (self.base, self.refiner):
             if loaded is not None:
                 loaded.components.vae.enable_tiling()
+        if self.tiny_vae is not None:  # --fast-decode too: AutoencoderTiny tiles above 512 pixels a side
+            self.tiny_vae.model.enable_tiling()
 
     @property
     def model_name(self) -> str:

@@ -142,11 +142,14 @@ class ModelRegistry:
         return list(self.sources)
 
     def has_tiny_vae(self, name: str) -> bool:
-        """Whether model ``name`` can decode ``fast_decode`` requests: a ``--model-tiny-vae``, or a built-in model's
-        own (read from its VAE's config, without loading it)."""
+        """Whether model ``name`` can decode ``fast_decode`` requests: a ``--model-tiny-vae``, or the shipped one for
+        its latents (a built-in model, or a folder fine-tuned from one: read from its VAE's config, without loading
+        it), as ``Engine.load`` would pick it."""
         if name in self.tiny_vaes:
             return True
-        folder = builtin.resolve(self.sources.get(name, ""))
+        source = self.sources.get(name, "")
+        local = Path(source).expanduser() if source else None
+        folder = builtin.resolve(source) or (local if local is not None and local.is_dir() else None)
         config = folder / "vae" / "config.json" if folder is not None else None
         if config is None or not config.is_file():
             return False

@@ -43,7 +43,11 @@ PATHS: dict[str, str] = {
     "diffusers-bf16": "diffusers StableDiffusionXLPipeline after pipe.to(torch.bfloat16)",
     "ssdxl": "ssdxl engine, eager PyTorch fast path (bfloat16 where the CPU has it, channels-last)",
     "ssdxl-openvino": "ssdxl engine, OpenVINO backend: static shapes, bf16 hint (optimum-intel's recipe)",
-    "ssdxl-openvino-int8": "as ssdxl-openvino, UNet and decoder weights compressed to INT8 by NNCF",
+    "ssdxl-openvino-int8": "as ssdxl-openvino, the UNet quantized to INT8 by NNCF (activations and weights, "
+    "calibrated on the model's own sampling)",
+    "ssdxl-openvino-int8-hybrid": "as ssdxl-openvino-int8, convolutions quantized fully and the other weights only "
+    "(optimum-intel's hybrid mode)",
+    "ssdxl-openvino-int8-weights": "as ssdxl-openvino, UNet and decoder weights compressed to INT8 by NNCF",
     "ssdxl+deepcache": "ssdxl engine, DeepCache (full UNet every cache_interval steps)",
     "ssdxl-openvino+cfg-cutoff": "ssdxl OpenVINO backend, guidance only for the first guidance_cutoff of the steps",
 }
@@ -64,6 +68,7 @@ class Settings:
     cache_interval: int = 3
     guidance_cutoff: float = 0.5
     optimum_python: str | None = None  # interpreter of an environment with optimum-intel (its own stack)
+    calibration: int = 4  # prompts the INT8 paths calibrate on (10 steps each, at the benchmark's size)
 
 
 @dataclass
@@ -212,12 +217,16 @@ class _Unavailable(Exception):
 def _runners(components: Components, settings: Settings) -> dict[str, Callable[[PathResult], Callable]]:
     """Per path: a setup (given its result, to record setup time) returning a run function."""
     engine_dtype = pick_dtype("auto", torch.device("cpu"))
-    exports: dict[bool, Path] = {}  # int8 -> folder: OpenVINO paths share one conversion
+    exports: dict[str | None, Path] = {}  # INT8 mode -> folder: OpenVINO paths share one conversion
+    recorded: list[list] = []  # the calibration data, recorded once for the INT8 modes that need it
 
-    def exported(int8: bool) -> Path:
+    def exported(int8: str | None) -> Path:
         if int8 not in exports:
             exports[int8] = Path(tempfile.mkdtemp(prefix="ssdxl-bench-ov-"))
-            openvino_backend.export(components, exports[int8], int8=int8)
+            if int8 in ("full", "hybrid") and not recorded:
+                recorded.extend(_calibration(components, engine_dtype, settings))
+            samples = recorded if int8 in ("full", "hybrid") else None
+            openvino_backend.export(components, exports[int8], int8=int8, calibration=samples, replace=True)
         return exports[int8]
 
     def diffusers(dtype: torch.dtype):
@@ -227,7 +236,7 @@ def _runners(components: Components, settings: Settings) -> dict[str, Callable[[
 
         return setup
 
-    def engine(backend: str, int8: bool = False, **request: Any):
+    def engine(backend: str, int8: str | None = None, **request: Any):
         def setup(result: PathResult):
             if backend == "openvino" and not openvino_backend.available():
                 raise _Unavailable("openvino is not installed (pip install openvino)")
@@ -259,7 +268,9 @@ def _runners(components: Components, settings: Settings) -> dict[str, Callable[[
         "diffusers-bf16": diffusers(torch.bfloat16),
         "ssdxl": engine("torch"),
         "ssdxl-openvino": engine("openvino"),
-        "ssdxl-openvino-int8": engine("openvino", int8=True),
+        "ssdxl-openvino-int8": engine("openvino", int8="full"),
+        "ssdxl-openvino-int8-hybrid": engine("openvino", int8="hybrid"),
+        "ssdxl-openvino-int8-weights": engine("openvino", int8="weights"),
         "ssdxl+deepcache": engine("torch", cache_interval=settings.cache_interval),
         "ssdxl-openvino+cfg-cutoff": engine("openvino", guidance_cutoff=settings.guidance_cutoff),
     }
@@ -308,6 +319,16 @@ def _run_diffusers(pipe, s: Settings) -> Run:
         cpu_total=end.since(start).cpu,
         image=image,
     )
+
+
+def _calibration(components: Components, dtype: torch.dtype, s: Settings) -> list:
+    """The UNet's inputs while the model samples ``s.calibration`` prompts at the benchmark's size (eager PyTorch)."""
+    from ssdxl.speed import calibration
+
+    components.to("cpu", dtype)
+    runtime = Runtime.prepare([(components, "")], torch.device("cpu"), backend="torch")
+    prompts = calibration.PROMPTS[: s.calibration]
+    return calibration.record_unet_inputs(_engine(components, dtype, runtime), prompts, width=s.width, height=s.height)
 
 
 def _engine(components: Components, dtype: torch.dtype, runtime: Runtime):

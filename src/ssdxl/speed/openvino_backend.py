@@ -40,6 +40,10 @@ DECODER_XML = "vae_decoder.xml"
 MANIFEST = "ssdxl-openvino.json"
 FORMAT = 1
 MAX_COMPILED_SHAPES = 2  # guided and unguided batch of one size; a new size evicts the oldest
+INT8_MODES = ("full", "hybrid", "weights")  # ``export(int8=...)``: what NNCF quantizes
+# Layers ``full`` leaves unquantized, and SmoothQuant off: chosen on the built-in model's adherence (all attributes
+# right: 97% with NNCF's defaults, 99% so, 100% in bf16; docs/performance.md, INT8); a sliver of the work.
+INT8_KEPT = (".*conv_in.*", ".*conv_out.*", ".*time_embedding.*")
 
 
 def available() -> bool:
@@ -97,9 +101,16 @@ class _DecoderGraph(torch.nn.Module):
         return self.vae.decode(latents).sample
 
 
-def convert_unet(unet: torch.nn.Module, time_ids: int | None = None):
-    """The UNet as an OpenVINO model with dynamic shapes, traced in the module's dtype. ``time_ids``: the family's
-    micro-conditioning count (None: a base model's, from the config)."""
+def convert_unet(unet: torch.nn.Module, time_ids: int | None = None, *, float32: bool = False):
+    """The UNet as an OpenVINO model with dynamic shapes, traced in the module's dtype (``float32``: in float32,
+    which NNCF's calibration runs in). ``time_ids``: the family's micro-conditioning count (None: a base model's,
+    from the config)."""
+    if float32 and unet.dtype != torch.float32:
+        original = unet.dtype
+        try:
+            return convert_unet(unet.to(torch.float32), time_ids, float32=True)
+        finally:
+            unet.to(original)
     ov = _openvino()
     config, dtype = unet.config, unet.dtype
     side = _latent_multiple(config)
@@ -122,18 +133,44 @@ def convert_decoder(vae: torch.nn.Module):
 
 
 def export(
-    components: Components, folder: Path, *, int8: bool = False, decoder: bool = True, progress: bool = False
+    components: Components,
+    folder: Path,
+    *,
+    int8: str | None = None,
+    calibration: list[list[np.ndarray]] | None = None,
+    decoder: bool = True,
+    progress: bool = False,
+    replace: bool = False,
 ) -> Path:
-    """Convert the UNet (and the VAE decoder, unless ``decoder`` is False) to OpenVINO IR in ``folder``: about a
-    second for the built-in model, minutes for full-size SDXL (docs/performance.md). The IR is written beside
+    """Convert the UNet (and the VAE decoder, unless ``decoder`` is False) to OpenVINO IR in ``folder``: seconds
+    for the built-in model, a minute or more for full-size ones (docs/performance.md). The IR is written beside
     ``folder`` and moved into place when complete, so a process that stops half-way, or another one exporting the
-    same model at the same time, never leaves a half export that looks finished."""
+    same model at the same time, never leaves a half export that looks finished; an export already there is kept
+    unless ``replace`` (an explicit ``ssdxl export openvino``).
+
+    ``int8`` (``INT8_MODES``): ``weights`` compresses the UNet's and decoder's weights (NNCF, no data needed);
+    ``full`` quantizes the UNet's activations and weights (but ``INT8_KEPT``), ``hybrid`` its convolutions fully
+    and the other weights only (optimum-intel's mode for diffusion UNets); both learn activation ranges from
+    ``calibration`` (the UNet's recorded inputs, ``ssdxl.speed.calibration``) and leave the decoder as it is."""
     ov = _openvino()
+    if int8 is not None and int8 not in INT8_MODES:
+        raise UserError(f"unknown INT8 mode {int8!r}; use {', '.join(INT8_MODES)}")
+    if int8 in ("full", "hybrid") and not calibration:
+        raise UserError(f"INT8 {int8} quantization needs calibration data (the UNet's inputs while it samples)")
+    unet = components.unet
     converters: list[tuple[str, Callable[[], Any]]] = [
-        (UNET_XML, lambda: convert_unet(components.unet, components.family.time_ids))
+        (
+            UNET_XML,
+            lambda: _int8(convert_unet(unet, components.family.time_ids, float32=bool(calibration)), int8, calibration),
+        )
     ]
     if decoder:
-        converters.append((DECODER_XML, lambda: convert_decoder(components.vae)))
+        converters.append(
+            (
+                DECODER_XML,
+                lambda: _int8(convert_decoder(components.vae), "weights" if int8 == "weights" else None, None),
+            )
+        )
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -141,16 +178,17 @@ def export(
         with _stages(len(converters), f"OpenVINO export of {components.name} (once)", progress) as advance:
             for name, convert in converters:
                 model = convert()
-                if int8:
-                    model = _compress_int8(model)
                 ov.save_model(model, partial / name, compress_to_fp16=False)
                 del model
                 advance()
         manifest = {"format": FORMAT, "model": components.name, "dtype": str(components.unet.dtype), "int8": int8}
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if not is_exported(folder):  # else another process finished first: keep its export
-            shutil.rmtree(folder, ignore_errors=True)
+        if replace or not is_exported(folder):  # else another process finished first: keep its export
+            old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+            if folder.exists():
+                os.replace(folder, old)
             os.replace(partial, folder)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return folder
@@ -210,12 +248,37 @@ def _float32_boundary(ov, model):
     return ppp.build()
 
 
-def _compress_int8(model):
+def _int8(model, mode: str | None, calibration: list[list[np.ndarray]] | None):
+    """``model`` quantized by NNCF as ``mode`` says (None: as it is)."""
+    if mode is None:
+        return model
     try:
         import nncf
     except ImportError:
-        raise UserError("INT8 weight compression needs NNCF: pip install 'ssdxl[openvino]'") from None
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        raise UserError("INT8 needs NNCF: pip install 'ssdxl[openvino]'") from None
+    if mode == "weights":
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    data = nncf.Dataset(calibration)
+    settings = {"subset_size": len(calibration), "model_type": nncf.ModelType.TRANSFORMER}
+    if mode == "full":  # but ``INT8_KEPT``, and without SmoothQuant
+        edges = nncf.IgnoredScope(patterns=list(INT8_KEPT), validate=False)
+        plain = nncf.AdvancedQuantizationParameters(smooth_quant_alpha=-1)
+        return nncf.quantize(model, data, ignored_scope=edges, advanced_parameters=plain, **settings)
+    weighted = [op.get_friendly_name() for op in model.get_ordered_ops() if _has_weights(op)]  # hybrid
+    model = nncf.compress_weights(
+        model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=nncf.IgnoredScope(types=["Convolution"])
+    )
+    return nncf.quantize(model, data, ignored_scope=nncf.IgnoredScope(names=weighted, validate=False), **settings)
+
+
+def _has_weights(op) -> bool:
+    """A MatMul whose second input is a constant (possibly converted): a linear layer's weights."""
+    if op.get_type_name() != "MatMul":
+        return False
+    source = op.input_value(1).get_node()
+    while source.get_type_name() == "Convert":
+        source = source.input_value(0).get_node()
+    return source.get_type_name() == "Constant"
 
 
 class _Compiled:

@@ -1,15 +1,15 @@
 """How an engine runs its UNets and VAE decoders: eager PyTorch tuned for the device, or OpenVINO.
 
 ``Runtime.prepare`` is called once when an engine loads. The ``auto`` backend takes OpenVINO on a CPU
-(``prefers_openvino``: installed, a weights file to key the export by, a bfloat16 model), exporting the model
-on first use into a cache keyed by the weights' hash; float32 models stay in eager PyTorch, whose float32
-arithmetic is diffusers' to the bit, and so do GPUs. ``SSDXL_BACKEND`` sets the default for callers that do not
-choose. Per request the engine asks for the UNet to call (``unet``), optionally wrapped for DeepCache, and for a
-decoder (``decoder``). Requests whose LoRAs can be merged for good (a few-step LoRA, or ``fuse_loras``) run an
-export of the UNet with them fused in (``has_adapted``, ``export_adapted``), cached by the LoRAs' hashes and
-weights. On a CPU each request gets its thread count (``use_threads``: one for a small UNet's work, all cores for
-a large one), set when the request starts and again whenever a UNet is asked for, so nothing depends on what ran
-before.
+(``prefers_openvino``: installed, a weights file to key the export by, a bfloat16 model of full size), exporting
+the model on first use into a cache keyed by the weights' hash; float32 models stay in eager PyTorch, whose float32
+arithmetic is diffusers' to the bit, and so do small models and GPUs. ``SSDXL_BACKEND`` sets the default for
+callers that do not choose. Per request the engine asks for the UNet to call (``unet``), optionally wrapped for
+DeepCache, and for a decoder (``decoder``). Requests whose LoRAs can be merged for good (a few-step LoRA, or
+``fuse_loras``) run an export of the UNet with them fused in (``has_adapted``, ``export_adapted``), cached by the
+LoRAs' hashes and weights. On a CPU each request gets its thread count (``use_threads``: one for a small UNet's
+work, all cores for a large one), set when the request starts and again whenever a UNet is asked for, so nothing
+depends on what ran before.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class Runtime:
 
     def adapted_dir(self, unet: torch.nn.Module, key: str) -> Path:
         """Where the fused export ``key`` of ``unet`` lives: beside the model's own export."""
-        return self.folders[id(unet)] / "loras" / key
+        return fused_dir(self.folders[id(unet)], key)
 
     def _hold(self, slot: tuple[int, str], unet: openvino_backend.OpenVINOUNet, folder: Path) -> None:
         self.adapted[slot] = unet
@@ -177,10 +177,19 @@ class Runtime:
 
 
 def prefers_openvino(models: list[Components]) -> bool:
-    """Whether ``auto`` runs these models in OpenVINO on a CPU: where they compute in a low precision. There it is
-    the faster backend for every size measured (docs/performance.md: a Segmind-Vega step at 512^2 1.25x eager
-    bfloat16's, the built-in model's 20-step image 3x); a float32 model asks for PyTorch's exact arithmetic."""
-    return all(c.unet.dtype != torch.float32 for c in models)
+    """Whether ``auto`` runs these models in OpenVINO on a CPU: where they compute in a low precision (a float32
+    model asks for PyTorch's exact arithmetic) and their UNet's work at their default size is not small (the rule
+    of ``speed.threads``). A full-size step is faster in OpenVINO (a Segmind-Vega step at 512^2 1.25x eager
+    bfloat16's); a small model's images are too (the built-in model's 3x, 121 against 380 ms), but one ``ssdxl
+    generate`` run is not: importing OpenVINO and loading the compiled graph cost more than the image, 6.1 against
+    5.4 s (docs/performance.md, "The first command"), so small models stay in PyTorch unless asked
+    (``SSDXL_BACKEND=openvino`` for a server of them)."""
+    return all(c.unet.dtype != torch.float32 and not threads.small(c.unet, _default_latent_pixels(c)) for c in models)
+
+
+def _default_latent_pixels(components: Components) -> int:
+    defaults, scale = components.defaults, components.vae_scale
+    return (defaults.get("width", 1024) // scale) * (defaults.get("height", 1024) // scale)
 
 
 def adapters_key(loras: list[tuple[str, float]]) -> str:
@@ -189,8 +198,14 @@ def adapters_key(loras: list[tuple[str, float]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def fused_dir(model_folder: Path, key: str) -> Path:
+    """The folder of a model's export with the LoRA set ``key`` fused in (``ssdxl export openvino --lora`` writes
+    there too, so the runtime finds it): beside the model's own export, which a new export replaces whole."""
+    return model_folder.with_name(f"{model_folder.name}.loras") / key
+
+
 def _prune(folder: Path, keep: int) -> None:
-    finished = (p for p in folder.iterdir() if p.is_dir() and ".partial-" not in p.name)  # not another's export
+    finished = (p for p in folder.iterdir() if p.is_dir() and ".partial-" not in p.name and ".old-" not in p.name)
     exports = sorted(finished, key=lambda p: p.stat().st_mtime, reverse=True)
     for old in exports[keep:]:
         shutil.rmtree(old, ignore_errors=True)

@@ -44,6 +44,11 @@ def pinned() -> bool:
 def threads_for(unet: torch.nn.Module, latent_pixels: int, available: int | None = None) -> int:
     """The thread count for calls of ``unet`` on ``latent_pixels`` latents (height x width): one for small work,
     else ``available`` (default: ``DEFAULT``, the cores torch started with)."""
+    return 1 if small(unet, latent_pixels) else (available or DEFAULT)
+
+
+def small(unet: torch.nn.Module, latent_pixels: int) -> bool:
+    """Whether one call of ``unet`` on ``latent_pixels`` latents is small work (parameters x pixels < SMALL_WORK)."""
     if unet not in _params:
         _params[unet] = sum(p.numel() for p in unet.parameters())
-    return 1 if _params[unet] * latent_pixels < SMALL_WORK else (available or DEFAULT)
+    return _params[unet] * latent_pixels < SMALL_WORK
