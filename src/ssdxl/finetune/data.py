@@ -15,9 +15,7 @@ import torch
 
 from ssdxl.data.folder import IMAGE_SUFFIXES, ConditioningImages, ImageCaptionFolder
 from ssdxl.data.shapes import ControlMaps, ShapesWorld
-from ssdxl.errors import UserError
 from ssdxl.finetune.config import FinetuneConfig
-from ssdxl.models import builtin
 from ssdxl.models.components import Components
 from ssdxl.training.data import (
     Batch,
@@ -25,6 +23,7 @@ from ssdxl.training.data import (
     IndexedSource,
     buckets_at,
     check_resolution,
+    data_or_shapes,
     nearest_bucket,
     open_source,
 )
@@ -48,12 +47,7 @@ def buckets_for(cfg: FinetuneConfig, parts: Components, source: IndexedSource) -
 def open_data(cfg: FinetuneConfig) -> IndexedSource:
     """The instance images: ``shapes``, or a folder (DreamBooth: every image captioned by the instance prompt;
     ControlNet: every image with its control map)."""
-    data = cfg.data
-    if not data:
-        if builtin.resolve(cfg.model) is None:
-            raise UserError("--data: give a folder of captioned images (the 'shapes' world only suits the built-in "
-                            "models)")  # fmt: skip
-        data = "shapes"
+    data = data_or_shapes(cfg.data, cfg.model, "a folder of captioned images")
     if cfg.mode == "controlnet" and data != "shapes":
         return ImageCaptionFolder(data, conditioning=True)
     caption = cfg.instance_prompt if cfg.mode == "dreambooth" else None

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ssdxl.errors import UserError
+from ssdxl.models import builtin
 
 POOL_BATCHES_PER_BUCKET = 8  # a pool holds about this many batches of each bucket
 
@@ -33,6 +34,16 @@ class CaptionedImage(Protocol):
 
 class IndexedSource(Protocol):
     def sample(self, index: int) -> CaptionedImage: ...
+
+
+def data_or_shapes(data: str | None, model: str | None, wanted: str) -> str:
+    """``data``, or ``"shapes"`` when none is given and ``model`` is a built-in one (the world it learned); any other
+    model needs ``--data``, and ``wanted`` says what kind of folder."""
+    if data:
+        return data
+    if builtin.resolve(model) is None:
+        raise UserError(f"--data: give {wanted} (the 'shapes' world only suits the built-in models)")
+    return "shapes"
 
 
 def open_source(

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 
 from ssdxl.errors import UserError
-from ssdxl.models import builtin
 from ssdxl.models.components import Components
 from ssdxl.models.families import LatentFormat
 from ssdxl.models.loading import load_components
@@ -44,6 +43,7 @@ from ssdxl.training.data import (
     Batch,
     IndexedSource,
     buckets_at,
+    data_or_shapes,
     fixed_batches,
     open_source,
 )
@@ -267,12 +267,7 @@ def measure(tiny: AutoencoderTiny, teacher: AutoencoderKL, fmt: LatentFormat, ba
 
 def _source(cfg: TinyVAEConfig, seed: int, split: str = "train") -> IndexedSource:
     """The model's own training data: the shapes world for the built-in models, else a folder of images."""
-    data = cfg.data
-    if not data:
-        if builtin.resolve(cfg.model) is None:
-            raise UserError("--data: give a folder of images like the model's own (the 'shapes' world only suits the "
-                            "built-in models)")  # fmt: skip
-        data = "shapes"
+    data = data_or_shapes(cfg.data, cfg.model, "a folder of images like the model's own")
     if data == "shapes":
         return open_source("shapes", seed, TWO_OBJECT_FRACTION, split=split)
     return open_source(data, cfg.seed, caption="")  # a folder has no held-out split: its first images measure
