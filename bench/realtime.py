@@ -46,7 +46,7 @@ def measure() -> dict:
     from ssdxl.speed import calibration, machine, openvino_backend
     from ssdxl.speed.bench import _engine
     from ssdxl.speed.calibration import export_model
-    from ssdxl.speed.runtime import Runtime, adapters_key, fused_dir
+    from ssdxl.speed.runtime import Runtime, lora_set_dir
 
     work = Path(tempfile.mkdtemp(prefix="ssdxl-bench-realtime-"))
     os.environ["SSDXL_CACHE"] = str(work / "cache")  # OpenVINO's compiled-model cache starts empty
@@ -112,11 +112,16 @@ def measure() -> dict:
     int8_folder = work / "openvino-int8"
     shutil.copytree(folder, int8_folder)  # the model's own export, as it is
     lora_set = [(str(lcm), 1.0)]
-    key = adapters_key([(engine.adapters.lora(str(lcm)).hash, 1.0)])
     start = time.perf_counter()
     prompts = calibration.PROMPTS[:CALIBRATION]
     export_model(
-        engine, fused_dir(int8_folder, key), int8="full", prompts=prompts, loras=lora_set, width=SIZE, height=SIZE
+        engine,
+        lora_set_dir(int8_folder, [(engine.adapters.lora(str(lcm)), 1.0)]),
+        int8="full",
+        prompts=prompts,
+        loras=lora_set,
+        width=SIZE,
+        height=SIZE,
     )
     first_use[f"calibrate ({CALIBRATION} prompts x 4 steps), export and quantize the fused UNet"] = (
         time.perf_counter() - start

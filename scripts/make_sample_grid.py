@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ssdxl.evaluation.adherence import adherence_suite
+from ssdxl.evaluation.adherence import adherence_suite, suite_scale
 from ssdxl.sampling.engine import Engine
 from ssdxl.sampling.request import GenerationRequest
 
@@ -34,9 +34,11 @@ def main() -> None:
 
     engine = Engine.load(args.model)
     scenes = adherence_suite(args.singles, args.pairs, args.seed)
+    scale = suite_scale(int(engine.base.components.defaults.get("width", 64)))  # shapes-xl draws twice the size
     cells = []
     for i, scene in enumerate(scenes):
-        request = GenerationRequest(scene.caption, width=scene.width, height=scene.height, seed=args.seed + i)
+        size = {"width": scene.width * scale, "height": scene.height * scale}
+        request = GenerationRequest(scene.caption, seed=args.seed + i, **size)
         cells.append((engine.generate(request).images[0].image, scene.caption))
     grid = _grid(cells, args.columns)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,18 @@ if [[ "${TINY_VAE:-0}" == 1 ]]; then
   #   rm -rf src/ssdxl/builtin/tiny_vaes/taes-shapes && cp -r "$RUN-tiny-vae" src/ssdxl/builtin/tiny_vaes/taes-shapes
   exec python -m ssdxl.cli.main train tiny-vae --model shapes --out "$RUN-tiny-vae" --threads 1
 fi
+if [[ "${XL:-0}" == 1 ]]; then
+  # The built-in family's teacher, shapes-xl (docs/builtin-model.md): src/ssdxl/builtin/shapes grown to SDXL's
+  # transformer depths (new layers start as the identity) and a VAE that downsamples 8x, taught shapes' latent space at
+  # 128x128, then the UNet trained on alone (the text towers stay shapes', so the folder borrows them). Its students
+  # and LCM-LoRA: python scripts/distill_proof.py --ship. Install the teacher with
+  #   rm -rf src/ssdxl/builtin/shapes-xl && mkdir src/ssdxl/builtin/shapes-xl &&
+  #   cp -r "$RUN-xl/model/"{unet,vae,scheduler,model_index.json,ssdxl.json} src/ssdxl/builtin/shapes-xl/
+  # and add "components_from": "shapes" to its ssdxl.json.
+  exec python -m ssdxl.cli.train --out "$RUN-xl" --arch shapes-xl --init src/ssdxl/builtin/shapes --freeze-text \
+    --vae-steps 1200 --steps 1500 --batch-size 32 --lr 2e-4 --two-object-fraction 0.6 --contrast-weight 4 \
+    --checkpoint-every 250 --threads 1 --name shapes-xl
+fi
 if [[ "${RESUME:-0}" == 1 ]]; then
   exec python -m ssdxl.cli.train --out "$RUN" --resume
 fi

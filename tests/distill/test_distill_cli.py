@@ -88,6 +88,22 @@ def test_progressive_stages_from_a_config_file(teacher_dir: Path, tmp_path: Path
     assert (tmp_path / "student" / "distill" / "stages" / "1-ssd-1b" / "model_index.json").is_file()
 
 
+def test_plan_of_a_preset_name_needs_no_weights() -> None:
+    """``--teacher sdxl-base`` (any preset) is planned from the preset's config on the meta device: no download."""
+    for teacher, layout, lines in [
+        ("sdxl-base", "ssd-1b", ["teacher UNet: 2,567,463,684 parameters, 70 transformer layers",
+                                 "student (ssd-1b): 1,331,334,404 parameters (51.9%), 34 transformer layers"]),
+        ("sdxl-base", "vega", ["student (vega): 745,225,604 parameters (29.0%), 15 transformer layers"]),
+        ("ssd-1b", "vega", ["teacher UNet: 1,331,334,404 parameters, 34 transformer layers"]),
+    ]:  # fmt: skip
+        result = run("plan", "--teacher", teacher, "--layout", layout)
+        assert result.exit_code == 0, result.output
+        assert all(line in result.output for line in lines), result.output
+    result = run("plan", "--teacher", "sdxl-base", "--select", "importance")
+    assert result.exit_code == 2 and "preset without weights" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_user_errors_are_one_line(teacher_dir: Path, tmp_path: Path) -> None:
     cases = [
         (["--teacher", teacher_dir, "--layout", "vega"], "missing --out"),

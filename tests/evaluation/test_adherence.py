@@ -9,6 +9,7 @@ from PIL import Image
 
 from ssdxl.data.shapes import HELDOUT_COMBINATIONS, Scene, render
 from ssdxl.evaluation import Judge, adherence_suite, evaluate, frechet_distance
+from ssdxl.evaluation.adherence import suite_scale
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,24 @@ def test_real_renders_score_perfectly(judge, suite):
     data = json.loads(report.to_json())
     assert data["fid_samples"] == 90 and len(data["items"]) == 60
     assert "relation" in report.table()
+
+
+def test_a_model_for_larger_images_is_asked_for_them_and_judged_alike(judge, suite):
+    """shapes-xl draws 128x128: the suite asks for twice each scene's size and the judge reads it in its own
+    coordinates."""
+    table = {s.caption: s for s in suite[::6]}
+    asked = []
+
+    def generate(prompt, width, height, seed):
+        asked.append((width, height))
+        image = render(table[prompt])
+        return image.resize((width, height), Image.Resampling.LANCZOS)
+
+    report = evaluate(generate, list(table.values()), judge=judge, scale=suite_scale(128))
+    assert asked == [(s.width * 2, s.height * 2) for s in table.values()]
+    assert report.accuracy == {k: 1.0 for k in report.accuracy}
+    assert [(i.width, i.height) for i in report.items] == asked
+    assert suite_scale(64) == 1 and suite_scale(1024) == 16
 
 
 def _features(judge, images, scenes):

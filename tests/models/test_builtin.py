@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from ssdxl.data.shapes import ShapesWorld
 from ssdxl.evaluation.adherence import evaluate
 from ssdxl.models import builtin
 from ssdxl.sampling.engine import Engine
@@ -20,19 +19,13 @@ def test_builtin_model_is_installed_and_default():
     assert image.shape == (64, 64, 3) and image.std() > 20  # not a flat or empty picture
 
 
-def test_builtin_model_obeys_background_and_colour_on_training_prompts():
-    engine = Engine.load(device="cpu")
-    scenes = [ShapesWorld(seed=5, two_object_fraction=0.0).scene(i) for i in range(6)]
-
-    def generate(prompt, width, height, seed):
-        return engine.generate(GenerationRequest(prompt, width=width, height=height, seed=seed)).images[0].image
-
-    report = evaluate(generate, scenes)
+def test_builtin_model_obeys_background_and_colour_on_training_prompts(judge_six):
+    report = judge_six(Engine.load(device="cpu"))
     assert report.accuracy["background"] >= 0.8
     assert report.accuracy["colour"] >= 0.8
 
 
-def test_the_distilled_student_ships_beside_its_teacher():
+def test_the_distilled_student_ships_beside_its_teacher(judge_six):
     """`shapes-ssd1b`: the SSD-1B-like student of the first `shapes` (scripts/distill_proof.py --ship).
     `shapes` has since been fine-tuned, so the student carries the first version's text encoders and
     VAE (frozen during its distillation) and must not borrow the current ones."""
@@ -46,12 +39,7 @@ def test_the_distilled_student_ships_beside_its_teacher():
     assert params["s"] / params["t"] == pytest.approx(0.847, abs=0.001)
     assert s.unet.config.mid_block_type == "UNetMidBlock2D"  # mid attention removed, as in SSD-1B
 
-    scenes = [ShapesWorld(seed=5, two_object_fraction=0.0).scene(i) for i in range(6)]
-
-    def generate(prompt, width, height, seed):
-        return student.generate(GenerationRequest(prompt, width=width, height=height, seed=seed)).images[0].image
-
-    report = evaluate(generate, scenes)
+    report = judge_six(student)
     assert report.accuracy["background"] >= 0.8 and report.accuracy["colour"] >= 0.8
 
 
@@ -70,7 +58,7 @@ def test_unipc_segmind_clients_default_keeps_the_builtin_models_adherence():
     assert report.accuracy["colour"] >= 0.95 and report.accuracy["all"] >= 0.9, report.accuracy
 
 
-def test_the_few_step_loras_ship_and_draw_in_four_steps():
+def test_the_few_step_loras_ship_and_draw_in_four_steps(judge_six):
     """`shapes-rt` / `shapes-ssd1b-rt` (scripts/finetune_proof.py --ship): found by name with no --lora-dir,
     recognised as LCM-LoRAs (LCM sampler, 4 steps, no guidance) and obeying prompts at 4 steps."""
     from ssdxl.adapters.library import AdapterLibrary
@@ -81,11 +69,5 @@ def test_the_few_step_loras_ship_and_draw_in_four_steps():
     engine = Engine.load(device="cpu")
     resolved = engine.resolve(GenerationRequest("a large red circle on a black background <lora:shapes-rt:1>"))
     assert (resolved.scheduler, resolved.steps, resolved.guidance_scale) == ("LCM", 4, 1.0)
-    scenes = [ShapesWorld(seed=5, two_object_fraction=0.0).scene(i) for i in range(6)]
-
-    def generate(prompt, width, height, seed):
-        request = GenerationRequest(prompt, width=width, height=height, seed=seed, loras=[("shapes-rt", 1.0)])
-        return engine.generate(request).images[0].image
-
-    report = evaluate(generate, scenes)
+    report = judge_six(engine, loras=[("shapes-rt", 1.0)])
     assert report.accuracy["background"] >= 0.8 and report.accuracy["colour"] >= 0.8 and report.accuracy["shape"] >= 0.8

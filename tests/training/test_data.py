@@ -239,3 +239,12 @@ def test_default_batches_are_unchanged() -> None:
         image = Image.new("RGB", size, (9, 99, 199))
         new, old = fit_to_bucket(image, SHAPES_BUCKETS), _legacy_fit(image, SHAPES_BUCKETS)
         assert new[1] == old[1] and np.array_equal(np.asarray(new[0]), np.asarray(old[0]))
+
+
+def test_the_shapes_world_is_drawn_at_the_training_sizes() -> None:
+    """A model made for 128x128 learns from sharp 128x128 renders, not enlarged 64x64 ones."""
+    from ssdxl.training.data import open_source
+
+    big = open_source("shapes", 0, sizes=[(128, 128), (160, 96)])
+    assert {big.sample(i).image.size for i in range(12)} == {(128, 128), (160, 96)}
+    assert open_source("shapes", 0).sample(0).image.size in {(64, 64), (80, 48), (48, 80)}

@@ -291,7 +291,7 @@ def test_init_fine_tunes_a_trained_model(finished_run: Path, tmp_path: Path) -> 
 
 
 def test_init_must_fit_the_architecture(finished_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="its unet does not match"):
+    with pytest.raises(UserError, match="its text_encoder does not match"):
         train(TrainConfig(out=str(tmp_path / "a"), init="shapes", **TINY))
     with pytest.raises(UserError, match="drop --vae"):
         train(TrainConfig(out=str(tmp_path / "b"), init="shapes", vae=str(finished_run / "vae"), **TINY))
@@ -322,3 +322,56 @@ def test_zero_init_starts_every_residual_block_as_the_identity() -> None:
         unet(torch.randn(1, 4, 8, 8), 10, torch.randn(1, 77, config.cross_attention_dim), added_cond_kwargs=conditions)
     assert len(seen) >= 6
     assert all(torch.allclose(inp, out) for inp, out in seen)
+
+
+def test_init_grows_a_shallower_model_into_a_deeper_architecture(finished_run: Path, tmp_path: Path) -> None:
+    """tiny -> tiny-xl as shapes -> shapes-xl: the grown UNet computes exactly what the trained one did, and stage 1
+    teaches a VAE that downsamples twice as much the trained model's latent space (its scale included)."""
+    from diffusers import AutoencoderKL
+
+    from ssdxl.models.components import build_components
+    from ssdxl.models.loading import load_components
+    from ssdxl.training.config import architecture
+    from ssdxl.training.run import start_from
+
+    trained = load_components(finished_run / "model")
+    parts = build_components(architecture("tiny-xl")[0], seed=7)
+    start_from(parts, str(finished_run / "model"))
+    assert sum(p.numel() for p in parts.unet.parameters()) > sum(p.numel() for p in trained.unet.parameters())
+    config = trained.unet.config
+    pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    inputs = (torch.randn(2, 4, 8, 8), 500, torch.randn(2, 77, config.cross_attention_dim))
+    conditions = {"text_embeds": torch.randn(2, pooled), "time_ids": torch.randn(2, 6)}
+    with torch.no_grad():
+        want = trained.unet.float()(*inputs, added_cond_kwargs=conditions).sample
+        got = parts.unet(*inputs, added_cond_kwargs=conditions).sample
+    assert torch.equal(got, want)
+
+    run = tmp_path / "grown"
+    train(TrainConfig(out=str(run), init=str(finished_run / "model"), **{**TINY, "arch": "tiny-xl", "steps": 2},
+                      train_text=False))  # fmt: skip
+    stages = [json.loads(line)["stage"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert "autoencoder" in stages and "denoiser" in stages
+    vae = AutoencoderKL.from_pretrained(run / "vae")
+    assert len(vae.config.block_out_channels) == 4 and vae.config.scaling_factor == trained.vae.config.scaling_factor
+    metrics = json.loads((run / "vae" / "metrics.json").read_text())
+    assert set(metrics) >= {"psnr_db", "teacher_latent_psnr_db"}
+    grown = load_components(run / "model")  # frozen text towers come out as they went in
+    got, want = grown.text_encoder.state_dict(), trained.text_encoder.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    image = grown.diffusers_pipeline()("a red circle", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+
+
+def test_growing_keeps_every_width() -> None:
+    from diffusers import UNet2DConditionModel
+
+    from ssdxl.training.config import architecture
+    from ssdxl.training.grow import grow_unet
+
+    config = dict(architecture("tiny-xl")[0].unet)
+    wider = UNet2DConditionModel(**{**config, "block_out_channels": [32, 96]})
+    with pytest.raises(UserError, match="only transformer depth may grow"):
+        grow_unet(wider, UNet2DConditionModel(**architecture("tiny")[0].unet))
+    with pytest.raises(UserError, match="has no"):  # shallower than the trained one: nothing to grow
+        grow_unet(UNet2DConditionModel(**architecture("tiny")[0].unet), UNet2DConditionModel(**config))

@@ -118,7 +118,7 @@ def export_openvino(
     from ssdxl.sampling.engine import Engine
     from ssdxl.speed import calibration as calib
     from ssdxl.speed import openvino_backend
-    from ssdxl.speed.runtime import adapters_key, fused_dir
+    from ssdxl.speed.runtime import lora_set_dir
 
     if int8_mode not in openvino_backend.INT8_MODES:
         raise UserError(f"--int8-mode must be one of {', '.join(openvino_backend.INT8_MODES)}, not {int8_mode!r}")
@@ -131,7 +131,7 @@ def export_openvino(
         raise UserError(f"{model} has no weights file to key the cache by; pass --output")
     folder = output or openvino_backend.default_dir(engine.base.hash)
     if infos and output is None:
-        folder = fused_dir(folder, adapters_key([(info.hash, weight) for info, weight in infos]))
+        folder = lora_set_dir(folder, infos)
     mode = int8_mode if int8 else None
     if mode in ("full", "hybrid"):
         prompts = (prompts or calib.default_prompts(engine, calibration))[:calibration]

@@ -28,7 +28,7 @@ def adherence(
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
 ) -> None:
     """Generate the fixed held-out suite and judge every attribute by measuring the images."""
-    from ssdxl.evaluation.adherence import adherence_suite, evaluate
+    from ssdxl.evaluation.adherence import adherence_suite, evaluate, suite_scale
     from ssdxl.sampling.engine import Engine
     from ssdxl.sampling.request import GenerationRequest
 
@@ -46,7 +46,8 @@ def adherence(
         )
         return engine.generate(request).images[0].image
 
-    report = evaluate(generate, adherence_suite(singles, pairs, seed), seed=seed)
+    scale = suite_scale(int(engine.base.components.defaults.get("width", 64)))
+    report = evaluate(generate, adherence_suite(singles, pairs, seed), seed=seed, scale=scale)
     typer.echo(f"model: {engine.model_name}")
     typer.echo(report.table())
     if output is not None:

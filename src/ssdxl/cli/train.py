@@ -36,13 +36,17 @@ def train(
     vae: Annotated[str | None, typer.Option(help="Start from this trained autoencoder (a diffusers AutoencoderKL "
                                             "folder, e.g. an earlier run's RUN/vae) and skip stage 1.")] = None,
     init: Annotated[str | None, typer.Option(help="Fine-tune: start every component from this trained model "
-                                             "(a built-in name or a folder) of the same architecture.")] = None,
+                                             "(a built-in name or a folder) of the same architecture, or grow it: "
+                                             "a UNet with shallower transformer stacks gains identity layers, a VAE "
+                                             "that downsamples less teaches stage 1 its latents.")] = None,
     two_object_fraction: Annotated[float | None, typer.Option(help="Shapes world: share of two-object scenes "
                                                               "(default 0.4).")] = None,
     zero_init: Annotated[bool | None, typer.Option("--zero-init/--no-zero-init", help="Start every residual branch "
                          "of the UNet at zero, as latent diffusion does (default off; helps deep stacks).")] = None,
     contrast_weight: Annotated[float | None, typer.Option(help="Shapes world: weight of the contrastive-caption "
                                                           "hinge (relation reversed; default 0 = off).")] = None,
+    train_text: Annotated[bool | None, typer.Option("--train-text/--freeze-text", help="Train the text encoders "
+                          "with the UNet (default) or keep them as they are (e.g. the --init model's).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out with its saved settings; "
                                          "--steps/--vae-steps/--checkpoint-every/--threads may change.")] = False,
 ) -> None:  # fmt: skip
@@ -55,7 +59,7 @@ def train(
         "vae_steps": vae_steps, "steps": steps, "batch_size": batch_size, "lr": lr,
         "checkpoint_every": checkpoint_every, "seed": seed, "name": name, "threads": threads, "vae": vae, "init": init,
         "two_object_fraction": two_object_fraction, "zero_init": zero_init,
-        "contrast_weight": contrast_weight,
+        "contrast_weight": contrast_weight, "train_text": train_text,
     }  # fmt: skip
     given = {k: v for k, v in given.items() if v is not None}
     if resume:

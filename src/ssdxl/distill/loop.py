@@ -57,8 +57,8 @@ def distill_stage(
 
     # Data: the training stream and a fixed held-out set for measurements.
     sizes = bucket_sizes(cfg, teacher)
-    batches = BucketBatches(open_source(cfg.data, cfg.seed, cfg.two_object_fraction), sizes, cfg.batch_size,
-                            seed=cfg.seed + index)  # fmt: skip
+    source = open_source(cfg.data, cfg.seed, cfg.two_object_fraction, sizes=sizes)
+    batches = BucketBatches(source, sizes, cfg.batch_size, seed=cfg.seed + index)
     frozen = Frozen.of(teacher, device)
     held_out = measurement_inputs(cfg, frozen, sizes)
 
@@ -232,12 +232,12 @@ def _teacher_pass(teacher: UNet2DConditionModel, x: UNetInputs) -> torch.Tensor:
 
 def measurement_inputs(cfg: DistillConfig, frozen: Frozen, sizes: list[tuple[int, int]]) -> list[UNetInputs]:
     """Fixed held-out inputs for layer importance and the teacher-student output gap."""
-    batches = fixed_batches(_held_out_source(cfg), sizes, cfg.measure_batches * cfg.batch_size, cfg.batch_size)
+    batches = fixed_batches(_held_out_source(cfg, sizes), sizes, cfg.measure_batches * cfg.batch_size, cfg.batch_size)
     return fixed_inputs(frozen, batches, seed=cfg.seed)
 
 
-def _held_out_source(cfg: DistillConfig) -> IndexedSource:
+def _held_out_source(cfg: DistillConfig, sizes: list[tuple[int, int]]) -> IndexedSource:
     """Held-out renders for the shapes world (another seed, held-out combinations); the data itself otherwise."""
     if cfg.data == "shapes":
-        return open_source("shapes", cfg.seed + 1, cfg.two_object_fraction, split="heldout")
+        return open_source("shapes", cfg.seed + 1, cfg.two_object_fraction, split="heldout", sizes=sizes)
     return open_source(cfg.data, cfg.seed)

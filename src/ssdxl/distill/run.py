@@ -42,7 +42,7 @@ from ssdxl.errors import UserError
 from ssdxl.models import builtin
 from ssdxl.models.components import Components
 from ssdxl.models.loading import load_components
-from ssdxl.models.presets import unet_stats
+from ssdxl.models.presets import get_preset, preset_names, unet_stats
 from ssdxl.speed.machine import cpu_model
 from ssdxl.training.accelerator import COMPUTE_DTYPES, make_accelerator
 from ssdxl.training.export import export_model
@@ -166,11 +166,21 @@ def preview_plan(
 ) -> tuple[str, dict[str, Any]]:
     """``distill plan``: the student a layout gives for ``teacher``, as text and as data, without training.
 
-    Only the teacher's UNet config is read when it can be (a folder), unless importance is measured.
+    Only the teacher's UNet config is read when it can be (a folder, or a preset name such as
+    ``sdxl-base``: its config, counted on the meta device, so no weights are needed), unless
+    importance is measured, which runs the teacher.
     """
     config = _folder_unet_config(teacher)
+    if config is None and select != "importance" and teacher in preset_names():
+        config = get_preset(teacher).component("unet")
     if select == "importance" or config is None:
-        parts = load_components(teacher)
+        try:
+            parts = load_components(teacher)
+        except UserError:
+            if teacher not in preset_names():
+                raise
+            raise UserError(f"--select importance runs the teacher, and {teacher!r} is a preset without weights "
+                            "here; give its folder or file, or choose spread or first") from None  # fmt: skip
         config = dict(parts.unet.config)
     layout_name, layout = resolve_layout(layout_spec, Layout.of(config))
     if select == "importance":

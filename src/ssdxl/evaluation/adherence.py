@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ssdxl.data.shapes import (
+    DEFAULT_SIZES,
     HELDOUT_COMBINATIONS,
     NOVEL_HELDOUT_PAIRS,
     Scene,
@@ -111,14 +112,23 @@ class AdherenceReport:
         return self.table()
 
 
-def evaluate(generate: Generate, suite: Sequence[Scene], seed: int = 0, judge: Judge | None = None) -> AdherenceReport:
-    """Generate every suite prompt (seed ``seed + i`` for scene ``i``) and measure adherence.
+def suite_scale(default_width: int) -> int:
+    """How many times the shapes world's canvas a model draws: 2 for a model made for 128x128 images
+    (``shapes-xl``), 1 for one made for the world's own 64x64. The judge reads any size."""
+    return max(1, round(default_width / DEFAULT_SIZES[0][0]))
+
+
+def evaluate(
+    generate: Generate, suite: Sequence[Scene], seed: int = 0, judge: Judge | None = None, scale: int = 1
+) -> AdherenceReport:
+    """Generate every suite prompt (seed ``seed + i`` for scene ``i``, at ``scale`` times the scene's size)
+    and measure adherence.
 
     FID compares the generated objects' shape features with those of real renders of the
     same scenes (a missing object counts as an empty crop).
     """
     judge = judge if judge is not None else Judge()
-    images = [generate(s.caption, s.width, s.height, seed + i) for i, s in enumerate(suite)]
+    images = [generate(s.caption, s.width * scale, s.height * scale, seed + i) for i, s in enumerate(suite)]
     readings = judge.read_many(images, suite)
     real = judge.read_many([render(s) for s in suite], suite)
     verdicts: dict[str, list[bool]] = {}
@@ -130,7 +140,8 @@ def evaluate(generate: Generate, suite: Sequence[Scene], seed: int = 0, judge: J
         seen = {"background": reading.background, "objects": [asdict(o) for o in reading.objects]}
         if scene.relation is not None:
             seen["relation"] = reading.relation
-        items.append(ItemResult(scene.caption, scene.width, scene.height, seed + i, checks, seen))
+        width, height = images[i].size
+        items.append(ItemResult(scene.caption, width, height, seed + i, checks, seen))
     fake_feats = np.concatenate([r.features for r in readings])
     return AdherenceReport(
         accuracy={k: float(np.mean(v)) for k, v in verdicts.items()},

@@ -100,17 +100,14 @@ def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool = False)
     index = _read_json(index_file)
     info = _read_json(folder / SSDXL_INFO) if (folder / SSDXL_INFO).is_file() else {}
 
-    lender = _lender(folder, info)
+    roots = builtin.component_roots(folder)
 
     def where(name: str) -> Path | None:
         """The component's folder: this model's own, else the one of the built-in model it shares with."""
         entry = index.get(name)
         if not entry or entry[0] is None:
             return None
-        for root in (folder, lender):
-            if root is not None and (root / name).is_dir():
-                return root / name
-        return None
+        return next((root / name for root in roots if (root / name).is_dir()), None)
 
     found = {name: where(name) for name in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")}
     for name in ("unet", "vae", "scheduler"):
@@ -151,18 +148,6 @@ def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool = False)
     )
     components.defaults = {**fallback_defaults(components), **components.defaults}
     return components
-
-
-def _lender(folder: Path, info: dict[str, Any]) -> Path | None:
-    """The built-in model whose component folders fill in this one's missing ones (``ssdxl.json``'s
-    ``components_from``): a distilled built-in student ships only its UNet and shares the rest."""
-    name = info.get("components_from")
-    if name is None:
-        return None
-    lender = builtin.resolve(str(name))
-    if lender is None or lender.resolve() == folder.resolve():
-        raise UserError(f"{folder}: components_from names {name!r}, which is not another built-in model")
-    return lender
 
 
 def _tokenizer(folder: Path, slot: str) -> CLIPTokenizer:

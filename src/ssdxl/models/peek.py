@@ -30,9 +30,7 @@ def peek_family(source: str | Path | None) -> Family | None:
 
 
 def _folder_family(folder: Path) -> Family:
-    info_file = folder / "ssdxl.json"
-    lender = json.loads(info_file.read_text()).get("components_from") if info_file.is_file() else None
-    roots = [folder] + ([builtin.resolve(lender)] if lender and builtin.resolve(lender) else [])
+    roots = builtin.component_roots(folder)
 
     def config(name: str, file: str) -> dict | None:
         for root in roots:

@@ -204,6 +204,11 @@ def fused_dir(model_folder: Path, key: str) -> Path:
     return model_folder.with_name(f"{model_folder.name}.loras") / key
 
 
+def lora_set_dir(model_folder: Path, loras: list[tuple[Any, float]]) -> Path:
+    """``fused_dir`` of a LoRA set given as (adapter info with its content ``hash``, weight) pairs."""
+    return fused_dir(model_folder, adapters_key([(info.hash, weight) for info, weight in loras]))
+
+
 def _prune(folder: Path, keep: int) -> None:
     finished = (p for p in folder.iterdir() if p.is_dir() and ".partial-" not in p.name and ".old-" not in p.name)
     exports = sorted(finished, key=lambda p: p.stat().st_mtime, reverse=True)

@@ -42,8 +42,9 @@ class TrainConfig:
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
 
-    # Stage 2, denoiser: UNet + both text towers, jointly.
+    # Stage 2, denoiser: UNet + both text towers, jointly (or the UNet alone: train_text False).
     steps: int = 3000
+    train_text: bool = True  # False keeps the text towers as they are (a grown model keeps its own)
     batch_size: int = 64
     lr: float = 5e-4
     warmup_steps: int = 200

@@ -10,7 +10,7 @@ would have seen.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -47,18 +47,27 @@ def data_or_shapes(data: str | None, model: str | None, wanted: str) -> str:
 
 
 def open_source(
-    data: str, seed: int, two_object_fraction: float = 0.3, split: str = "train", caption: str | None = None
+    data: str,
+    seed: int,
+    two_object_fraction: float = 0.3,
+    split: str = "train",
+    caption: str | None = None,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> IndexedSource:
     """``"shapes"`` is the procedural world; anything else is a folder of images + captions.
 
-    ``caption`` captions every folder image alike (DreamBooth); the shapes world writes its own.
+    ``caption`` captions every folder image alike (DreamBooth); the shapes world writes its own, and
+    draws its scenes at ``sizes`` ((W, H) canvases; default its own 64x64-class ones), so a model made
+    for larger images learns from sharp renders rather than enlarged ones.
     """
     if data == "shapes":
         if caption is not None:
             raise UserError("a fixed caption applies to a folder of images, not to the 'shapes' world")
         from ssdxl.data.shapes import ShapesWorld
 
-        return ShapesWorld(seed=seed, split=split, two_object_fraction=two_object_fraction)
+        if sizes is None:
+            return ShapesWorld(seed=seed, split=split, two_object_fraction=two_object_fraction)
+        return ShapesWorld(seed=seed, split=split, two_object_fraction=two_object_fraction, sizes=sizes)
     from ssdxl.data.folder import ImageCaptionFolder
 
     if not Path(data).exists():

@@ -1,4 +1,4 @@
-"""Stage 2: the denoiser -- UNet and both CLIP text towers trained jointly, the VAE frozen.
+"""Stage 2: the denoiser -- UNet and both CLIP text towers trained jointly (or the UNet alone), the VAE frozen.
 
 Everything is SDXL's recipe at toy size, so the result loads and samples in stock diffusers:
 
@@ -29,7 +29,7 @@ from ssdxl.training.checkpoint import checkpoint_path, load_checkpoint, save_che
 from ssdxl.training.config import TrainConfig
 from ssdxl.training.data import Batch, BucketBatches, open_source
 from ssdxl.training.export import export_model, preview_grid, preview_prompts
-from ssdxl.training.optim import adamw, autocast, cosine_with_warmup
+from ssdxl.training.optim import adamw, autocast, cosine_with_warmup, optimizer_step
 from ssdxl.training.progress import Progress
 
 STAGE = "denoiser"
@@ -61,17 +61,19 @@ def train_denoiser(cfg: TrainConfig, parts: Components, buckets: list[tuple[int,
     """Train ``parts``' UNet and text towers for ``cfg.steps`` steps (resuming a checkpoint if there
     is one); returns the parts with the EMA weights, as exported to ``<run>/model``."""
     run = cfg.run_dir
-    source = open_source(cfg.data, cfg.seed, cfg.two_object_fraction)
+    source = open_source(cfg.data, cfg.seed, cfg.two_object_fraction, sizes=buckets)
     batches = BucketBatches(source, buckets, cfg.batch_size, seed=cfg.seed + 1)
     prompts = preview_prompts(cfg.data, source)
 
     # Model: the trained modules, a frozen VAE, and the attention kernels that are fastest for
     # tiny models on CPU (plain attention: SDPA's backward costs ~1.5x more at this size).
-    models = {name: getattr(parts, name) for name in TRAINED}
+    models = {name: getattr(parts, name) for name in TRAINED if cfg.train_text or name == "unet"}
     parts.unet.set_attn_processor(AttnProcessor())
     for tower in parts.family.towers:
         getattr(parts, tower).set_attn_implementation("eager")
     parts.vae.requires_grad_(False).eval()
+    for name in set(TRAINED) - set(models):
+        getattr(parts, name).requires_grad_(False).eval()
     text = TextConditioner(parts)
     noise = NoiseSchedule.from_config(parts.scheduler_config)
     ema = EMA(models, cfg.ema_decay)
@@ -104,11 +106,7 @@ def train_denoiser(cfg: TrainConfig, parts: Components, buckets: list[tuple[int,
     while step < cfg.steps:
         batch = next(batches)
         loss = denoising_loss(cfg, batch, parts.vae, parts.unet, text, noise)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(loss, trainable, optimizer, schedule)
         ema.update(models, step)
         step += 1
         progress.step(step, loss.item(), lr=schedule.get_last_lr()[0])

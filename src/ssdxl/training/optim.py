@@ -35,6 +35,17 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
     return LambdaLR(optimizer, factor)
 
 
+def optimizer_step(
+    loss: torch.Tensor, params: Iterable[torch.nn.Parameter], optimizer: torch.optim.Optimizer, schedule: LambdaLR
+) -> None:
+    """One step of every stage: backward, clip the gradient norm to 1, step, advance the schedule, clear."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def autocast(enabled: bool) -> AbstractContextManager[object]:
     """bfloat16 autocast on CPU (AMX matmuls); weights, grads and optimiser state stay float32."""
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()

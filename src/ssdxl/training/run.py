@@ -24,6 +24,7 @@ from ssdxl.training.config import TrainConfig, architecture
 from ssdxl.training.data import open_source
 from ssdxl.training.denoiser import train_denoiser
 from ssdxl.training.export import export_model
+from ssdxl.training.grow import grow_unet
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
@@ -44,13 +45,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         init_vae = start_from(parts, cfg.init) if cfg.init is not None else None
         if (run / "vae" / "config.json").is_file():
             parts.vae = AutoencoderKL.from_pretrained(run / "vae")
-        elif init_vae is not None:  # the model's VAE is this run's stage 1, saved so --resume reads it back
-            parts.vae = init_vae
+        elif init_vae is not None and same_shape(init_vae, parts.vae):
+            parts.vae = init_vae  # the model's VAE is this run's stage 1, saved so --resume reads it back
             save_vae(init_vae, run / "vae", {})
         elif cfg.vae is not None:
             parts.vae = adopt_vae(Path(cfg.vae), run / "vae", parts.vae)
-        else:
-            parts.vae = train_autoencoder(cfg, parts.vae, buckets)
+        else:  # from scratch, or (another VAE shape) taught the --init model's latent space
+            parts.vae = train_autoencoder(cfg, parts.vae, buckets, teacher=init_vae)
         final = train_denoiser(cfg, parts, buckets)
         return export_model(final, run / "model", cfg.save_dtype)
     finally:
@@ -60,12 +61,27 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 def start_from(parts: Components, model: str) -> AutoencoderKL:
     """Fine-tuning: copy a trained model's UNet and text encoders into ``parts`` (built from the
     run's architecture) and return its VAE, config included (its ``scaling_factor`` was measured
-    on its latents). Every module must match the architecture exactly.
+    on its latents). The text encoders must match the architecture exactly; the UNet may also be
+    a shallower one of the same widths, which grows (``grow.grow_unet``); a VAE of another shape
+    (an 8x one for a 4x model) becomes stage 1's teacher.
     """
     trained = load_components(model)
-    for slot in ("unet", "text_encoder", "text_encoder_2", "vae"):
+    for slot in ("text_encoder", "text_encoder_2"):
         try:
             getattr(parts, slot).load_state_dict(getattr(trained, slot).state_dict())
         except RuntimeError:
             raise UserError(f"--init {model!r}: its {slot} does not match the run's architecture") from None
+    try:
+        parts.unet.load_state_dict(trained.unet.state_dict())
+    except RuntimeError:
+        try:
+            grow_unet(parts.unet, trained.unet)
+        except UserError as exc:
+            raise UserError(f"--init {model!r}: its UNet does not fit the run's architecture ({exc})") from None
     return trained.vae
+
+
+def same_shape(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether ``a``'s weights load into ``b`` (the same architecture)."""
+    shapes = {k: v.shape for k, v in b.state_dict().items()}
+    return {k: v.shape for k, v in a.state_dict().items()} == shapes

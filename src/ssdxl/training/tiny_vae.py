@@ -38,6 +38,7 @@ from ssdxl.models.tiny_vae import INFO_FILE, decode, encode
 from ssdxl.models.vae import latent_space, to_unet, to_vae
 from ssdxl.sampling.precision import DTYPES
 from ssdxl.training.accelerator import MIXED_PRECISION, make_accelerator
+from ssdxl.training.autoencoder import psnr_db
 from ssdxl.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from ssdxl.training.data import (
     Batch,
@@ -47,7 +48,7 @@ from ssdxl.training.data import (
     fixed_batches,
     open_source,
 )
-from ssdxl.training.optim import adamw, cosine_with_warmup
+from ssdxl.training.optim import adamw, cosine_with_warmup, optimizer_step
 from ssdxl.training.progress import Progress
 
 STAGE = "tiny-vae"
@@ -137,6 +138,7 @@ def _train(cfg: TinyVAEConfig, resume: bool, ckpt: Path) -> Path:
     parts = load_components(cfg.model, dtype=torch.float32)
     source = _source(cfg, cfg.seed)
     buckets = _buckets(cfg, parts, source)
+    source = _source(cfg, cfg.seed, sizes=buckets)  # the shapes world drawn at the training sizes
     count = min(cfg.scenes, len(source)) if hasattr(source, "__len__") else cfg.scenes  # type: ignore[arg-type]
     acc = make_accelerator(cfg.mixed_precision, 1)
     device = acc.device
@@ -178,11 +180,7 @@ def _train(cfg: TinyVAEConfig, resume: bool, ckpt: Path) -> Path:
         decoder_loss = (pixels - target).abs().mean() + (pixels - target).pow(2).mean()
         encoder_loss = (encoded - latents).pow(2).mean()
         loss = decoder_loss + cfg.encoder_weight * encoder_loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tiny.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(loss, tiny.parameters(), optimizer, schedule)
         step += 1
         progress.step(step, loss.item(), decoder=round(decoder_loss.item(), 5), encoder=round(encoder_loss.item(), 5),
                       lr=schedule.get_last_lr()[0])  # fmt: skip
@@ -198,7 +196,7 @@ def _train(cfg: TinyVAEConfig, resume: bool, ckpt: Path) -> Path:
 
     # Measure: on held-out scenes, the tiny decoder and the linear preview map against the teacher's decode.
     tiny.eval()
-    held_out = fixed_batches(_source(cfg, cfg.seed + 1, split="heldout"), buckets, EVAL_IMAGES, batch_size=16)
+    held_out = fixed_batches(_source(cfg, cfg.seed + 1, "heldout", buckets), buckets, EVAL_IMAGES, batch_size=16)
     metrics = measure(tiny, teacher, fmt, held_out)
     (cfg.out_path / METRICS_FILE).write_text(json.dumps({"step": step, **metrics}, indent=2) + "\n")
     progress.note(step=step, **metrics)
@@ -260,16 +258,18 @@ def measure(tiny: AutoencoderTiny, teacher: AutoencoderKL, fmt: LatentFormat, ba
             "encoder_psnr_db": teacher.decode(to_vae(teacher, encode(tiny, x))).sample,
         }
         for name, pixels in candidates.items():
-            mse = (pixels.float().clamp(-1, 1) - reference).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-            scores[name] += (10 * torch.log10(4.0 / mse)).tolist()
+            scores[name] += psnr_db(pixels.float(), reference)
     return {name: round(sum(v) / len(v), 2) for name, v in scores.items() if v and math.isfinite(sum(v))}
 
 
-def _source(cfg: TinyVAEConfig, seed: int, split: str = "train") -> IndexedSource:
-    """The model's own training data: the shapes world for the built-in models, else a folder of images."""
+def _source(
+    cfg: TinyVAEConfig, seed: int, split: str = "train", sizes: list[tuple[int, int]] | None = None
+) -> IndexedSource:
+    """The model's own training data: the shapes world for the built-in models (drawn at ``sizes``), else a folder
+    of images."""
     data = data_or_shapes(cfg.data, cfg.model, "a folder of images like the model's own")
     if data == "shapes":
-        return open_source("shapes", seed, TWO_OBJECT_FRACTION, split=split)
+        return open_source("shapes", seed, TWO_OBJECT_FRACTION, split=split, sizes=sizes)
     return open_source(data, cfg.seed, caption="")  # a folder has no held-out split: its first images measure
 
 
