@@ -21,8 +21,14 @@ def test_generate_from_the_page(browser, server):
     page.select_option("#scheduler", "Euler a")
     page.click("#generate")
     page.wait_for_function(f"document.querySelectorAll('#gallery figure').length > {before}", timeout=60_000)
-    figure = page.locator("#gallery figure").first
-    page.wait_for_function("document.querySelector('#gallery figure img').naturalWidth > 0", timeout=30_000)
+    # this request's figure: a job another test left running may land in the gallery at the same moment
+    figure = page.locator("#gallery figure", has_text="a yellow triangle on a navy background").first
+    figure.wait_for(timeout=60_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#gallery figure')].some(f => f.innerText.includes('yellow triangle')"
+        " && f.querySelector('img').naturalWidth > 0)",
+        timeout=30_000,
+    )
     assert figure.locator("img").evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 64]
     caption = figure.locator("figcaption").inner_text()
     assert "a yellow triangle on a navy background" in caption and "Seed: 77" in caption and "Euler a" in caption
@@ -51,7 +57,7 @@ def test_pick_loras_on_the_page(browser, server):
         page.fill(field, value)
     page.click("#generate")
     page.wait_for_function(f"document.querySelectorAll('#gallery figure').length > {before}", timeout=60_000)
-    assert "<lora:style:0.7>" in page.locator("#gallery figure figcaption").first.inner_text()
+    page.locator("#gallery figure", has_text="<lora:style:0.7>").first.wait_for(timeout=60_000)
     job = requests.get(f"{server.url}/v2/jobs", params={"limit": 1}).json()[0]
     assert job["params"]["loras"] == [["style", 0.7]] and job["params"]["embeddings"] == ["mytok"]
     assert job["params"]["prompt"] == "a green star, mytok" and job["status"] == "succeeded"
