@@ -1,6 +1,8 @@
 """The built-in family in SDXL's proportions (docs/builtin-model.md, docs/distillation.md): ``shapes-xl``, grown from
 ``shapes`` to SDXL's depths at 128x128, its SSD-1B- and Vega-like students and the Vega-like one's LCM-LoRA."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -66,3 +68,19 @@ def test_the_vegart_like_lora_draws_in_four_steps(engines: dict[str, Engine], ju
     assert (resolved.scheduler, resolved.steps, resolved.guidance_scale) == ("LCM", 4, 1.0)
     report = judge_six(engine, scale=suite_scale(128), loras=[("shapes-xl-vega-rt", 1.0)])
     assert report.accuracy["background"] >= 0.8 and report.accuracy["colour"] >= 0.8, report.accuracy
+
+
+def test_shapes_xl_fast_decodes_with_its_own_tiny_vae(engines: dict[str, Engine]) -> None:
+    """``taes-shapes-xl`` (``ssdxl train tiny-vae --model shapes-xl``) reads the 8x latents: found by their latent
+    space, it draws the 128x128 picture close to the VAE's."""
+    shipped = builtin.tiny_vae(latent_space(engines["shapes-xl"].base.components.vae))
+    assert shipped is not None and shipped.name == "taes-shapes-xl"
+    engine = engines["shapes-xl-vega"]  # the students borrow the teacher's VAE, so its tiny VAE too
+    request = GenerationRequest("a large red circle on a black background", seed=1, steps=8)
+    plain = np.asarray(engine.generate(request).images[0].image, dtype=np.float64)
+    fast = engine.generate(dataclasses.replace(request, fast_decode=True)).images[0]
+    assert f"Tiny VAE: {shipped.name}" in fast.infotext
+    fast_pixels = np.asarray(fast.image, dtype=np.float64)
+    assert fast_pixels.shape == plain.shape == (128, 128, 3)
+    psnr = 10 * np.log10(255.0**2 / np.mean((fast_pixels - plain) ** 2))
+    assert psnr > 24, psnr
