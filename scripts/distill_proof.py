@@ -112,7 +112,7 @@ def main() -> None:
         print(f"evaluating {row.name} ...", flush=True)
         suite = adherence_suite(args.n_single, args.n_double, args.seed)
         engine = engines[row.folder]
-        scale = suite_scale(int(engine.base.components.defaults.get("width", 64)))
+        scale = suite_scale(engine.base.components.defaults)
         row.adherence = evaluate(generator(engine, row, args.sample_steps), suite, seed=args.seed, scale=scale)
     minutes = (time.perf_counter() - started) / 60
     args.doc.write_text(render(args, rows, minutes))

@@ -34,7 +34,7 @@ def main() -> None:
 
     engine = Engine.load(args.model)
     scenes = adherence_suite(args.singles, args.pairs, args.seed)
-    scale = suite_scale(int(engine.base.components.defaults.get("width", 64)))  # shapes-xl draws twice the size
+    scale = suite_scale(engine.base.components.defaults)  # shapes-xl draws twice the size
     cells = []
     for i, scene in enumerate(scenes):
         size = {"width": scene.width * scale, "height": scene.height * scale}

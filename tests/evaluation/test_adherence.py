@@ -61,11 +61,11 @@ def test_a_model_for_larger_images_is_asked_for_them_and_judged_alike(judge, sui
         image = render(table[prompt])
         return image.resize((width, height), Image.Resampling.LANCZOS)
 
-    report = evaluate(generate, list(table.values()), judge=judge, scale=suite_scale(128))
+    report = evaluate(generate, list(table.values()), judge=judge, scale=suite_scale({"width": 128}))
     assert asked == [(s.width * 2, s.height * 2) for s in table.values()]
     assert report.accuracy == {k: 1.0 for k in report.accuracy}
     assert [(i.width, i.height) for i in report.items] == asked
-    assert suite_scale(64) == 1 and suite_scale(1024) == 16
+    assert suite_scale({"width": 64}) == 1 and suite_scale({"width": 1024}) == 16 and suite_scale({}) == 1
 
 
 def _features(judge, images, scenes):

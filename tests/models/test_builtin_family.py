@@ -54,7 +54,7 @@ def test_every_member_draws_128_pixel_images_that_obey_prompts(engines: dict[str
     engine = engines[name]
     image = np.asarray(engine.generate(GenerationRequest("a large red circle on a black background")).images[0].image)
     assert image.shape == (128, 128, 3) and image.std() > 20
-    report = judge_six(engine, scale=suite_scale(128))
+    report = judge_six(engine, scale=suite_scale({"width": 128}))
     assert report.accuracy["background"] >= 0.8 and report.accuracy["colour"] >= 0.8, report.accuracy
 
 
@@ -66,7 +66,7 @@ def test_the_vegart_like_lora_draws_in_four_steps(engines: dict[str, Engine], ju
     engine = engines["shapes-xl-vega"]
     resolved = engine.resolve(GenerationRequest("a red circle <lora:shapes-xl-vega-rt:1>"))
     assert (resolved.scheduler, resolved.steps, resolved.guidance_scale) == ("LCM", 4, 1.0)
-    report = judge_six(engine, scale=suite_scale(128), loras=[("shapes-xl-vega-rt", 1.0)])
+    report = judge_six(engine, scale=suite_scale({"width": 128}), loras=[("shapes-xl-vega-rt", 1.0)])
     assert report.accuracy["background"] >= 0.8 and report.accuracy["colour"] >= 0.8, report.accuracy
 
 

@@ -46,7 +46,7 @@ def adherence(
         )
         return engine.generate(request).images[0].image
 
-    scale = suite_scale(int(engine.base.components.defaults.get("width", 64)))
+    scale = suite_scale(engine.base.components.defaults)
     report = evaluate(generate, adherence_suite(singles, pairs, seed), seed=seed, scale=scale)
     typer.echo(f"model: {engine.model_name}")
     typer.echo(report.table())

@@ -15,8 +15,9 @@ never shows. ``adherence_suite`` is then the control: what the fine-tune must no
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -112,10 +113,11 @@ class AdherenceReport:
         return self.table()
 
 
-def suite_scale(default_width: int) -> int:
-    """How many times the shapes world's canvas a model draws: 2 for a model made for 128x128 images
-    (``shapes-xl``), 1 for one made for the world's own 64x64. The judge reads any size."""
-    return max(1, round(default_width / DEFAULT_SIZES[0][0]))
+def suite_scale(defaults: Mapping[str, Any]) -> int:
+    """How many times the shapes world's canvas a model draws, from its default settings (a model's
+    ``defaults``): 2 for a model made for 128x128 images (``shapes-xl``), 1 for one made for the world's
+    own 64x64. The judge reads any size."""
+    return max(1, round(int(defaults.get("width", DEFAULT_SIZES[0][0])) / DEFAULT_SIZES[0][0]))
 
 
 def evaluate(

@@ -63,11 +63,10 @@ def open_source(
     if data == "shapes":
         if caption is not None:
             raise UserError("a fixed caption applies to a folder of images, not to the 'shapes' world")
-        from ssdxl.data.shapes import ShapesWorld
+        from ssdxl.data.shapes import DEFAULT_SIZES, ShapesWorld
 
-        if sizes is None:
-            return ShapesWorld(seed=seed, split=split, two_object_fraction=two_object_fraction)
-        return ShapesWorld(seed=seed, split=split, two_object_fraction=two_object_fraction, sizes=sizes)
+        canvases = DEFAULT_SIZES if sizes is None else sizes
+        return ShapesWorld(seed=seed, split=split, two_object_fraction=two_object_fraction, sizes=canvases)
     from ssdxl.data.folder import ImageCaptionFolder
 
     if not Path(data).exists():
