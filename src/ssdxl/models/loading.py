@@ -403,7 +403,11 @@ def file_hash(path: Path) -> str:
             for block in iter(lambda: handle.read(1 << 24), b""):
                 digest.update(block)
         cache[key] = digest.hexdigest()[:10]
-        cache_file.write_text(json.dumps(cache))
+        # written aside and moved into place: processes hashing at once (server workers, test workers) must never
+        # leave one another a half-written file to read
+        partial = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(cache))
+        os.replace(partial, cache_file)
     return cache[key]
 
 
