@@ -143,3 +143,39 @@ def test_a_built_in_model_can_borrow_components_from_another(tiny_dir, tmp_path,
     (student / "ssdxl.json").write_text(json.dumps({"components_from": "../elsewhere"}))
     with pytest.raises(UserError, match="not another built-in model"):
         load_components("student")
+
+
+def test_single_file_cast_on_write_leaves_the_model_as_it_was(tiny_dir, tmp_path):
+    from ssdxl.models.convert import save_single_file
+
+    components = load_components(tiny_dir("vega"))
+    before = state(components)
+    written = load_file(save_single_file(components, tmp_path / "half.safetensors", torch.float16))
+    assert {v.dtype for v in written.values() if v.is_floating_point()} == {torch.float16}
+    assert all(torch.equal(before[k], v) for k, v in state(components).items())  # modules untouched
+    back = state(load_components(tmp_path / "half.safetensors", dtype=torch.float32))
+    assert all(torch.equal(before[k].half().float(), back[k]) for k in before if before[k].is_floating_point())
+
+
+def test_model_hashes_survive_threads_hashing_at_once_and_a_torn_cache(tmp_path, monkeypatch):
+    """A server hashes models from several threads; a torn hashes.json once failed every later request."""
+    import hashlib
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ssdxl.models.loading import file_hash
+
+    monkeypatch.setenv("SSDXL_CACHE", str(tmp_path / "cache"))
+    files = []
+    for i in range(16):
+        files.append(tmp_path / f"weights{i}.safetensors")
+        files[-1].write_bytes(bytes([i]) * (1000 + i))
+    expected = [hashlib.sha256(f.read_bytes()).hexdigest()[:10] for f in files]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(file_hash, files)) == expected
+    cache_file = tmp_path / "cache" / "hashes.json"
+    assert sorted(json.loads(cache_file.read_text()).values()) == sorted(expected)
+    assert not list(cache_file.parent.glob("*.partial"))
+    cache_file.write_text(cache_file.read_text() + "}{torn")
+    assert file_hash(files[0]) == expected[0]
+    json.loads(cache_file.read_text())

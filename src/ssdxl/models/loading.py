@@ -14,6 +14,8 @@ import json
 import math
 import os
 import re
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -395,20 +397,37 @@ def file_hash(path: Path) -> str:
 
     stat = path.stat()
     cache_file = cache_dir() / "hashes.json"
-    cache = _read_json(cache_file) if cache_file.is_file() else {}
     key = f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
-    if key not in cache:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-        cache[key] = digest.hexdigest()[:10]
-        # written aside and moved into place: processes hashing at once (server workers, test workers) must never
-        # leave one another a half-written file to read
-        partial = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(cache))
+    cached = _read_hash_cache(cache_file).get(key)
+    if isinstance(cached, str):
+        return cached
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    short = digest.hexdigest()[:10]
+    with _HASH_CACHE_LOCK:
+        cache = {**_read_hash_cache(cache_file), key: short}
+        # written to a file of its own and moved into place: threads of one server and processes hashing at once
+        # (workers, test workers) must never leave one another a half-written file to read
+        handle, partial = tempfile.mkstemp(dir=cache_file.parent, prefix=f"{cache_file.name}.", suffix=".partial")
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(cache))
         os.replace(partial, cache_file)
-    return cache[key]
+    return short
+
+
+_HASH_CACHE_LOCK = threading.Lock()
+
+
+def _read_hash_cache(cache_file: Path) -> dict[str, Any]:
+    """The cache's entries; an unreadable cache counts as empty (it is rewritten whole on the next miss), since a
+    cache must never fail the request that consults it."""
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def weights_file(source: Path) -> Path | None:
