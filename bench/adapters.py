@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from ssdxl.paths import scratch_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "adapters.json"
@@ -42,7 +43,7 @@ def measure() -> dict:
     from ssdxl.speed.runtime import Runtime
 
     components = build_components(get_preset("vega"), seed=0)
-    folder = Path(tempfile.mkdtemp(prefix="ssdxl-bench-adapters-"))
+    folder = scratch_dir("ssdxl-bench-adapters-")
     lora = make_lora(components, folder / "rank64.safetensors", rank=RANK, scale=0.01)
     lcm = make_lora(components, folder / "lcm-lora-vega.safetensors", rank=RANK, scale=0.01, seed=1)
     dtype = pick_dtype("auto", torch.device("cpu"))

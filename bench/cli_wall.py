@@ -17,9 +17,10 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from ssdxl.paths import scratch_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "performance.md"
@@ -61,7 +62,7 @@ def measure() -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     from contention import start_competitor, stop_competitor
 
-    cache = tempfile.mkdtemp(prefix="ssdxl-cli-wall-")
+    cache = str(scratch_dir("ssdxl-cli-wall-"))
     out = Path(cache) / "out.png"
     first_use = wall("openvino", cache, out)  # exports the built-in model for OpenVINO
     rows = {}

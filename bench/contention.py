@@ -28,11 +28,14 @@ import sys
 import time
 from pathlib import Path
 
+OPENVINO = {"SSDXL_CONTENTION_BACKEND": "openvino"}
 SETTINGS = {  # name -> (threads, extra environment); SSDXL_CONTENTION_BACKEND: openvino runs the UNet's export
     "2 threads": (2, {}),
     "2 threads, passive": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
     "1 thread": (1, {}),
-    "OpenVINO bf16, 2 threads": (2, {"SSDXL_CONTENTION_BACKEND": "openvino"}),
+    "OpenVINO bf16, 2 threads": (2, OPENVINO),
+    "OpenVINO bf16, 2 threads, unpinned": (2, {**OPENVINO, "SSDXL_CONTENTION_PINNING": "0"}),
+    "OpenVINO bf16, 1 thread": (1, OPENVINO),
 }
 MODELS = ("shapes", "vega-tiny", "vega-512")
 CALLS = {"shapes": 30, "vega-tiny": 30, "vega-512": 3}  # timed calls per phase unless --calls: ~1 s of work quiet
@@ -104,7 +107,9 @@ def measure(model: str, threads: int, calls: int) -> None:
     """One setting in this process (its environment already set): prints a JSON line."""
     import torch
 
-    torch.set_num_threads(threads)
+    from ssdxl.speed import threads as policy
+
+    policy.pin(threads)  # torch's count, and OpenVINO's (INFERENCE_NUM_THREADS) with it
     unet, inputs = _unet(model)
     t = torch.tensor(500)
     call = lambda: unet(timestep=t, **inputs)  # noqa: E731
@@ -152,6 +157,8 @@ def _openvino_call(unet, inputs):
     unet.to(torch.bfloat16)
     precision = openvino_backend.precision_hint(unet.dtype)
     ov_unet = openvino_backend.OpenVINOUNet(openvino_backend.convert_unet(unet), unet.config, unet.dtype, precision)
+    if os.environ.get("SSDXL_CONTENTION_PINNING"):  # OpenVINO pins its threads to cores unless told not to
+        ov_unet._run._config["ENABLE_CPU_PINNING"] = os.environ["SSDXL_CONTENTION_PINNING"] == "1"
     sample, text, added = inputs["sample"], inputs["encoder_hidden_states"], inputs.get("added_cond_kwargs")
     return lambda: ov_unet(sample, 500, encoder_hidden_states=text, added_cond_kwargs=added)
 
@@ -168,11 +175,13 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**env, "HF_HUB_OFFLINE": "1", **extra}
 
 
-def run(models: list[str], calls: int) -> dict:
+def run(models: list[str], calls: int, settings: list[str] | None = None) -> dict:
     rows = []
     alone = competitor_alone()
     for model in models:
         for name, (threads, extra) in SETTINGS.items():
+            if settings and name not in settings:
+                continue
             n = calls or CALLS[model]
             command = [sys.executable, __file__, "--measure", model, "--threads", str(threads), "--calls", str(n)]
             out = subprocess.run(command, capture_output=True, text=True, env=_clean_env(**extra), check=True)
@@ -230,6 +239,7 @@ def section(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    parser.add_argument("--settings", help=f"';'-separated subset of: {'; '.join(SETTINGS)} (default: all)")
     parser.add_argument("--calls", type=int, help="timed UNet calls per phase (default: per model, about 1 s quiet)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--write", type=Path, help="write the table into this doc's `contention` block")
@@ -241,7 +251,8 @@ def main() -> None:
         return competitor()
     if args.measure:
         return measure(args.measure, args.threads, args.calls)
-    result = run([m.strip() for m in args.models.split(",")], args.calls)
+    chosen = [name.strip() for name in args.settings.split(";")] if args.settings else None
+    result = run([m.strip() for m in args.models.split(",")], args.calls, chosen)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     text = section(result)

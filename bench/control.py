@@ -23,12 +23,13 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ssdxl.paths import scratch_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "performance.md"
@@ -136,7 +137,7 @@ def measure(preset: str, scale: str, size: int, steps: int, repeats: int) -> dic
     from ssdxl.speed import machine
 
     started = machine.describe()
-    folder = Path(tempfile.mkdtemp(prefix="ssdxl-bench-control-"))
+    folder = scratch_dir("ssdxl-bench-control-")
     t0 = time.perf_counter()
     engine, dtype, nets, ip_adapter = build(preset, scale, folder)
     build_s = time.perf_counter() - t0

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ssdxl.paths import scratch_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "finetune.json"
@@ -51,7 +52,7 @@ def main() -> None:
     from ssdxl.sampling.precision import cpu_has_fast_bf16
     from ssdxl.speed.machine import cpu_model
 
-    folder = Path(tempfile.mkdtemp(prefix="ssdxl-bench-finetune-"))
+    folder = scratch_dir("ssdxl-bench-finetune-")
     precisions = ["no", "bf16"] if cpu_has_fast_bf16() else ["no"]
     rows = []
     for label, settings in MODES.items():
@@ -75,8 +76,10 @@ def write_doc(result: dict, precisions: list[str]) -> None:
         if len(precisions) == 2:
             cells.append(f"{row['s_per_step_no'] / row['s_per_step_bf16']:.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append(f"\n*{result['machine']}, {result['cores']} cores, {result['threads']} torch threads, batch "
-                 f"{result['batch']} at 64², load average {result['load_average']}; `python bench/finetune.py`.*")
+    lines.append(
+        f"\n*{result['machine']}, {result['cores']} cores, {result['threads']} torch threads, batch "
+        f"{result['batch']} at 64², load average {result['load_average']}; `python bench/finetune.py`.*"
+    )
     from ssdxl.speed.report import replace_block
 
     intro = "## Fine-tuning\n\nSeconds per optimiser step of each fine-tuning mode on the built-in model."

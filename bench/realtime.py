@@ -20,11 +20,12 @@ import json
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from ssdxl.paths import scratch_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "realtime.json"
@@ -48,7 +49,7 @@ def measure() -> dict:
     from ssdxl.speed.calibration import export_model
     from ssdxl.speed.runtime import Runtime, lora_set_dir
 
-    work = Path(tempfile.mkdtemp(prefix="ssdxl-bench-realtime-"))
+    work = scratch_dir("ssdxl-bench-realtime-")
     os.environ["SSDXL_CACHE"] = str(work / "cache")  # OpenVINO's compiled-model cache starts empty
     components = build_components(get_preset("vega"), seed=0)
     lcm = make_lora(components, work / "lcm-lora-vega.safetensors", rank=RANK, scale=0.01, seed=1)

@@ -26,3 +26,15 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary folder, removed when the process exits: benchmarks write gigabytes of exports and
+    weights there, which must not pile up run after run."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path

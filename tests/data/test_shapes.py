@@ -298,3 +298,13 @@ def test_control_maps_are_a_source_aligned_with_the_world():
         sample, control = world.sample(index), maps.sample(index)
         assert control.caption == sample.caption and control.image.size == sample.image.size
         assert control.image == control_map(sample.scene, "edges")
+
+
+def test_the_same_world_drawn_at_other_sizes():
+    world = ShapesWorld(seed=3, split="heldout", two_object_fraction=0.5)
+    big = world.at([(128, 128), (160, 96)])
+    assert (big.seed, big.split, big.two_object_fraction) == (3, "heldout", 0.5) and world.sizes != big.sizes
+    assert {big.sample(i).image.size for i in range(20)} <= {(128, 128), (160, 96)}
+    assert [repr(s) for s in itertools.islice(big.scenes(), 50)] == [
+        repr(s) for s in itertools.islice(ShapesWorld(3, "heldout", [(128, 128), (160, 96)], 0.5).scenes(), 50)
+    ]

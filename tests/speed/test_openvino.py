@@ -128,13 +128,18 @@ def test_the_environment_sets_the_default_backend(tiny_dir, private_cache, monke
         Engine.load(tiny_dir("ssd-1b"), device="cpu", dtype="bfloat16")
 
 
-def test_a_half_written_or_outdated_export_is_made_again(tiny_dir, private_cache, exports):
+def test_a_half_written_abandoned_or_outdated_export_is_made_again(tiny_dir, private_cache, exports):
     engine = Engine.load(tiny_dir("ssd-1b"), device="cpu", dtype="bfloat16", backend="torch")
     folder = openvino_backend.default_dir(engine.base.hash)
     folder.mkdir(parents=True)
     (folder / openvino_backend.UNET_XML).write_text("<half")  # a process stopped before the manifest
+    abandoned, running = (folder.with_name(f"{folder.name}.partial-{pid}-0a1b2c3d") for pid in (1, os.getpid()))
+    for leftover, age in ((abandoned, openvino_backend.ABANDONED_AFTER_S + 60), (running, 60)):
+        leftover.mkdir()
+        os.utime(leftover, (leftover.stat().st_atime - age, leftover.stat().st_mtime - age))
     Engine.load(tiny_dir("ssd-1b"), device="cpu", dtype="bfloat16", backend="auto")
     assert len(exports) == 1
+    assert not abandoned.exists() and running.is_dir()  # a process that died exporting leaves no gigabytes behind
     manifest = json.loads((folder / openvino_backend.MANIFEST).read_text())
     (folder / openvino_backend.MANIFEST).write_text(json.dumps({**manifest, "format": -1}))
     with pytest.raises(UserError, match="another ssdxl version"):

@@ -39,6 +39,14 @@ def bench(
             "(default: $SSDXL_OPTIMUM_PYTHON).",
         ),
     ] = None,
+    sdcpp_python: Annotated[
+        str | None,
+        typer.Option(
+            "--sdcpp-python",
+            help="Python of an environment with stable-diffusion-cpp-python, for the sdcpp-* paths "
+            "(default: $SSDXL_SDCPP_PYTHON).",
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result here.")] = None,
     markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write the table here.")] = None,
 ) -> None:
@@ -61,6 +69,7 @@ def bench(
         cache_interval=cache_interval,
         guidance_cutoff=guidance_cutoff,
         optimum_python=optimum_python,
+        sdcpp_python=sdcpp_python,
     )
     result = run_benchmark(components, settings, chosen, log=lambda line: typer.echo(line, err=True))
     table = markdown(result)

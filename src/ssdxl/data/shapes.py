@@ -525,6 +525,10 @@ class ShapesWorld:
         self.sizes = tuple((int(w), int(h)) for w, h in sizes)
         self.two_object_fraction = two_object_fraction
 
+    def at(self, sizes: Sequence[tuple[int, int]]) -> ShapesWorld:
+        """The same world drawn on other canvases (a model's training buckets): sharp renders at its own sizes."""
+        return ShapesWorld(self.seed, self.split, sizes, self.two_object_fraction)
+
     def scene(self, index: int) -> Scene:
         """Scene ``index`` of the stream, without rendering (cheap)."""
         rng = np.random.default_rng((self.seed, SPLITS.index(self.split), index))

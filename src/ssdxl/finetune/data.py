@@ -44,14 +44,14 @@ def buckets_for(cfg: FinetuneConfig, parts: Components, source: IndexedSource) -
     return buckets_at(source, side, multiple)
 
 
-def open_data(cfg: FinetuneConfig, sizes: list[tuple[int, int]] | None = None) -> IndexedSource:
-    """The instance images: ``shapes`` (drawn at ``sizes``, the training buckets, when given), or a folder
+def open_data(cfg: FinetuneConfig) -> IndexedSource:
+    """The instance images: ``shapes``, or a folder
     (DreamBooth: every image captioned by the instance prompt; ControlNet: every image with its control map)."""
     data = data_or_shapes(cfg.data, cfg.model, "a folder of captioned images")
     if cfg.mode == "controlnet" and data != "shapes":
         return ImageCaptionFolder(data, conditioning=True)
     caption = cfg.instance_prompt if cfg.mode == "dreambooth" else None
-    return open_source(data, cfg.seed, TWO_OBJECT_FRACTION, caption=caption, sizes=sizes)
+    return open_source(data, cfg.seed, TWO_OBJECT_FRACTION, caption=caption)
 
 
 @dataclass
@@ -97,7 +97,7 @@ def training_batches(cfg: FinetuneConfig, parts: Components) -> BucketBatches | 
     source = open_data(cfg)
     buckets = buckets_for(cfg, parts, source)
     if isinstance(source, ShapesWorld):  # drawn at the model's own sizes: no enlarged or cropped renders
-        source = open_data(cfg, buckets)
+        source = source.at(buckets)
     if isinstance(source, ImageCaptionFolder) and not cfg.allow_upscale:
         source.check_sizes(lambda size: nearest_bucket(size, buckets))
 

@@ -22,12 +22,16 @@ from ssdxl.models.loading import SGM_CONFIG_KEY, load_components
 from ssdxl.sampling.precision import DTYPES
 
 
-def save_single_file(components: Components, path: Path) -> Path:
+def save_single_file(components: Components, path: Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``components`` as one SGM/LDM-layout file, its tensors cast to ``dtype`` on the way (the modules
+    themselves are left as they are)."""
     from ssdxl.models.sgm import schedule_markers, sgm_from_components
 
     modules = components.modules().items()
     state = sgm_from_components({name: m.state_dict() for name, m in modules}, components.family)
-    state = {k: v.detach().contiguous() for k, v in state.items()} | schedule_markers(components.scheduler_config)
+    cast = dtype is not None
+    state = {k: (v.to(dtype) if cast and v.is_floating_point() else v).detach().contiguous() for k, v in state.items()}
+    state |= schedule_markers(components.scheduler_config)
     metadata = {SGM_CONFIG_KEY: json.dumps(dataclasses.asdict(components.to_preset())), "format": "pt"}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=metadata)

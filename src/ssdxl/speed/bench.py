@@ -12,7 +12,10 @@ per-stage wall and CPU time, peak memory, and the image's PSNR against float32 d
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import gc
 import itertools
 import json
 import math
@@ -50,9 +53,15 @@ PATHS: dict[str, str] = {
     "ssdxl-openvino-int8-weights": "as ssdxl-openvino, UNet and decoder weights compressed to INT8 by NNCF",
     "ssdxl+deepcache": "ssdxl engine, DeepCache (full UNet every cache_interval steps)",
     "ssdxl-openvino+cfg-cutoff": "ssdxl OpenVINO backend, guidance only for the first guidance_cutoff of the steps",
+    # last: they need the weights only as a file, and this process lets go of its own copy for them
+    "sdcpp-f16": "stable-diffusion.cpp through stable-diffusion-cpp-python built from source for this CPU "
+    "(own environment: bench/sdcpp-constraints.txt): the single file ssdxl convert writes, f16 weights, "
+    "Euler on the discrete schedule, its own noise",
+    "sdcpp-q8_0": "as sdcpp-f16, weights quantized to q8_0 by stable-diffusion.cpp when it loads them",
 }
 DEFAULT_PATHS = ("diffusers-fp32", "diffusers-bf16", "ssdxl", "ssdxl-openvino", "ssdxl+deepcache")
 REFERENCE = "diffusers-fp32"
+OWN_NOISE = {p for p in PATHS if p.startswith("sdcpp")}  # their images start from other noise: no PSNR
 OPENVINO_PATHS = {p for p in PATHS if "openvino" in p}
 
 
@@ -69,6 +78,7 @@ class Settings:
     guidance_cutoff: float = 0.5
     optimum_python: str | None = None  # interpreter of an environment with optimum-intel (its own stack)
     calibration: int = 4  # prompts the INT8 paths calibrate on (10 steps each, at the benchmark's size)
+    sdcpp_python: str | None = None  # interpreter of an environment with stable-diffusion-cpp-python
 
 
 @dataclass
@@ -114,7 +124,8 @@ class PathResult:
 def run_benchmark(
     components: Components, settings: Settings, paths: list[str], log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Time ``paths`` (in PATHS order) on ``components`` (float32, changed in place); JSON-ready result."""
+    """Time ``paths`` (in PATHS order) on ``components`` (float32, changed in place; left on the meta device by the
+    sdcpp paths); JSON-ready result."""
     unknown = set(paths) - set(PATHS)
     if unknown:
         raise ValueError(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS)}")
@@ -135,34 +146,10 @@ def run_benchmark(
         time_ids=components.family.time_ids,
         vae_scale=components.vae_scale,
     )
-    results: list[PathResult] = []
-    runners = _runners(components, settings)
-    for name in [p for p in PATHS if p in paths]:
-        result = PathResult(name, PATHS[name])
-        log(f"{name}: {result.description}")
-        try:
-            run_once = runners[name](result)
-        except _Unavailable as exc:
-            result.available, result.reason = False, str(exc)
-            log(f"  unavailable: {exc}")
-            results.append(result)
-            continue
-        if isinstance(run_once, list):  # measured in its own process, warm-up and memory included
-            result.runs = run_once
-            for i, run in enumerate(run_once):
-                log(f"  run {i + 1}: {run.total:.2f} s (setup {result.setup_s:.0f} s)")
-            results.append(result)
-            continue
-        with PeakMemory() as memory:
-            run_once(dataclasses.replace(settings, steps=min(2, settings.steps)))  # warm-up
-            for i in range(settings.repeats):
-                result.runs.append(run_once(settings))
-                log(f"  run {i + 1}: {result.runs[-1].total:.2f} s, load {os.getloadavg()[0]:.2f}")
-        result.peak_rss, result.working_set = memory.peak, memory.peak - memory.start
-        results.append(result)
+    results = _time_paths(components, settings, paths, log)
     reference = next((r for r in results if r.name == REFERENCE and r.runs), None)
     for result in results:
-        if reference is not None and result.runs:
+        if reference is not None and result.runs and result.name not in OWN_NOISE:
             result.psnr = psnr(reference.runs[0].image, result.runs[0].image)
     return {
         "machine": info,
@@ -176,6 +163,42 @@ def run_benchmark(
         "paths": [_path_record(r, flops, rates) for r in results],
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
     }
+
+
+def _time_paths(
+    components: Components, settings: Settings, paths: list[str], log: Callable[[str], None]
+) -> list[PathResult]:
+    """Each path in turn: its setup, a warm-up, the timed runs. Exports and weight files (gigabytes at full size)
+    live in a scratch folder that goes with the benchmark."""
+    results: list[PathResult] = []
+    with tempfile.TemporaryDirectory(prefix="ssdxl-bench-") as scratch:
+        runners = _runners(components, settings, Path(scratch))
+        for name in [p for p in PATHS if p in paths]:
+            result = PathResult(name, PATHS[name])
+            log(f"{name}: {result.description}")
+            run_once = None  # the last path's engine and compiled models go before this one sets up its own
+            _release_memory()
+            try:
+                run_once = runners[name](result)
+            except _Unavailable as exc:
+                result.available, result.reason = False, str(exc)
+                log(f"  unavailable: {exc}")
+                results.append(result)
+                continue
+            if isinstance(run_once, list):  # measured in its own process, warm-up and memory included
+                result.runs = run_once
+                for i, run in enumerate(run_once):
+                    log(f"  run {i + 1}: {run.total:.2f} s (setup {result.setup_s:.0f} s)")
+                results.append(result)
+                continue
+            with PeakMemory() as memory:
+                run_once(dataclasses.replace(settings, steps=min(2, settings.steps)))  # warm-up
+                for i in range(settings.repeats):
+                    result.runs.append(run_once(settings))
+                    log(f"  run {i + 1}: {result.runs[-1].total:.2f} s, load {os.getloadavg()[0]:.2f}")
+            result.peak_rss, result.working_set = memory.peak, memory.peak - memory.start
+            results.append(result)
+    return results
 
 
 def _path_record(result: PathResult, flops: int, rates: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -207,6 +230,25 @@ def psnr(reference: Image.Image, image: Image.Image) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
+def _release_memory() -> None:
+    """Hand freed memory back to the system: glibc keeps the pages of freed tensors in its heap, where another
+    process (a baseline's) cannot have them."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _baseline_python(given: str | None, name: str, package: str) -> str:
+    """The interpreter of a baseline's own environment: ``--{name}-python``, else ``$SSDXL_{NAME}_PYTHON``."""
+    python = given or os.environ.get(f"SSDXL_{name.upper()}_PYTHON")
+    if not python or not Path(python).is_file():
+        raise _Unavailable(
+            f"needs a Python environment with {package} (see bench/{name}-constraints.txt); "
+            f"pass --{name}-python or set SSDXL_{name.upper()}_PYTHON"
+        )
+    return python
+
+
 class _Unavailable(Exception):
     """A path that cannot run here (missing optional package); reported, not fatal."""
 
@@ -214,7 +256,7 @@ class _Unavailable(Exception):
 # ---------------------------------------------------------------------- paths
 
 
-def _runners(components: Components, settings: Settings) -> dict[str, Callable[[PathResult], Callable]]:
+def _runners(components: Components, settings: Settings, scratch: Path) -> dict[str, Callable[[PathResult], Callable]]:
     """Per path: a setup (given its result, to record setup time) returning a run function."""
     engine_dtype = pick_dtype("auto", torch.device("cpu"))
     exports: dict[str | None, Path] = {}  # INT8 mode -> folder: OpenVINO paths share one conversion
@@ -222,7 +264,7 @@ def _runners(components: Components, settings: Settings) -> dict[str, Callable[[
 
     def exported(int8: str | None) -> Path:
         if int8 not in exports:
-            exports[int8] = Path(tempfile.mkdtemp(prefix="ssdxl-bench-ov-"))
+            exports[int8] = scratch / f"openvino-{int8 or 'bf16'}"
             if int8 in ("full", "hybrid") and not recorded:
                 recorded.extend(_calibration(components, engine_dtype, settings))
             samples = recorded if int8 in ("full", "hybrid") else None
@@ -253,14 +295,28 @@ def _runners(components: Components, settings: Settings) -> dict[str, Callable[[
         return setup
 
     def optimum(result: PathResult) -> list[Run]:
-        python = settings.optimum_python or os.environ.get("SSDXL_OPTIMUM_PYTHON")
-        if not python or not Path(python).is_file():
-            raise _Unavailable(
-                "needs a Python environment with optimum-intel (see bench/optimum-constraints.txt); "
-                "pass --optimum-python or set SSDXL_OPTIMUM_PYTHON"
-            )
+        python = _baseline_python(settings.optimum_python, "optimum", "optimum-intel")
         components.to("cpu", torch.float32)  # what the export reads: the weights every path starts from
         return _run_optimum(python, components, settings, result)
+
+    def single_file() -> Path:
+        """The weights as ``ssdxl convert`` writes them (float16), once for the stable-diffusion.cpp paths."""
+        from ssdxl.models.convert import save_single_file
+
+        path = scratch / "model.safetensors"
+        return path if path.exists() else save_single_file(components, path, torch.float16)
+
+    def sdcpp(wtype: str):
+        def setup(result: PathResult) -> list[Run]:
+            python = _baseline_python(settings.sdcpp_python, "sdcpp", "stable-diffusion-cpp-python")
+            model = single_file()
+            # Nothing after these paths needs the weights but as that file: this process lets them go, as a
+            # full-size SDXL in both processes would not fit in 24 GB.
+            components.to("meta", torch.float16)
+            _release_memory()
+            return _run_sdcpp(python, model, wtype, settings, result)
+
+        return setup
 
     return {
         "diffusers-fp32": diffusers(torch.float32),
@@ -273,6 +329,8 @@ def _runners(components: Components, settings: Settings) -> dict[str, Callable[[
         "ssdxl-openvino-int8-weights": engine("openvino", int8="weights"),
         "ssdxl+deepcache": engine("torch", cache_interval=settings.cache_interval),
         "ssdxl-openvino+cfg-cutoff": engine("openvino", guidance_cutoff=settings.guidance_cutoff),
+        "sdcpp-f16": sdcpp("f16"),
+        "sdcpp-q8_0": sdcpp("q8_0"),
     }
 
 
@@ -365,26 +423,42 @@ def _run_engine(engine, s: Settings, **request: Any) -> Run:
 
 def _run_optimum(python: str, components: Components, s: Settings, result: PathResult) -> list[Run]:
     """optimum-intel in its own interpreter (it needs an older transformers than ssdxl): the same
-    weights saved as a diffusers folder, the same prompt, seed, size, steps and guidance; its own
-    warm-up, timed runs and peak memory."""
-    script = Path(__file__).with_name("optimum_intel_run.py")
+    weights saved as a diffusers folder."""
     with tempfile.TemporaryDirectory(prefix="ssdxl-bench-optimum-") as tmp:
-        folder, out, image = Path(tmp) / "model", Path(tmp) / "result.json", Path(tmp) / "image.png"
-        components.save(folder)
-        command = [python, str(script), "--model", str(folder), "--out", str(out), "--image", str(image)]
+        components.save(Path(tmp) / "model")
+        return _run_external(python, "optimum_intel_run.py", "optimum-intel", ["--model", f"{tmp}/model"], s, result)
+
+
+def _run_sdcpp(python: str, model: Path, wtype: str, s: Settings, result: PathResult) -> list[Run]:
+    """stable-diffusion.cpp in its own interpreter: the same weights as one single file, the sampler the
+    same (Euler, discrete schedule), weights converted to ``wtype`` as it loads them."""
+    args = ["--model", str(model), "--wtype", wtype]
+    return _run_external(python, "sdcpp_run.py", "stable-diffusion-cpp-python", args, s, result)
+
+
+def _run_external(
+    python: str, script: str, package: str, args: list[str], s: Settings, result: PathResult
+) -> list[Run]:
+    """Another environment's benchmark script (this folder's ``script``, run by ``python``): the same prompt,
+    seed, size, steps, guidance and threads, its own warm-up, timed runs, per-stage times and peak memory."""
+    with tempfile.TemporaryDirectory(prefix="ssdxl-bench-external-") as tmp:
+        out, image = Path(tmp) / "result.json", Path(tmp) / "image.png"
+        command = [python, str(Path(__file__).with_name(script)), *args, "--out", str(out), "--image", str(image)]
         command += ["--width", str(s.width), "--height", str(s.height), "--steps", str(s.steps)]
         command += ["--guidance", str(s.guidance), "--seed", str(s.seed), "--prompt", s.prompt]
         command += ["--repeats", str(s.repeats), "--threads", str(torch.get_num_threads())]
         done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode < 0:  # the kernel's out-of-memory killer is the usual one
+            raise _Unavailable(f"{package} run was killed by signal {-done.returncode} (out of memory?)")
         if done.returncode != 0:
             lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
-            raise _Unavailable(f"optimum-intel run failed: {lines[-1]}")
+            raise _Unavailable(f"{package} run failed: {lines[-1]}")
         data = json.loads(out.read_text())
         picture = Image.open(image).convert("RGB")
     result.setup_s = data["setup_s"]
     result.peak_rss = data["peak_rss_bytes"]
     result.working_set = data.get("inference_peak_rss_bytes") or 0
-    result.description += f"; optimum-intel {data['versions'].get('optimum-intel')}"
+    result.description += f"; {package} {data['versions'].get(package)}"
     return [Run(image=picture, **{k: run[k] for k in ("text", "steps", "cpu_steps", "decode", "total", "cpu_total")})
             for run in data["runs"]]  # fmt: skip
 

@@ -1,6 +1,6 @@
-"""Counted UNet FLOPs for one call, without weights: the model is built on the meta device, so even
-full-size SDXL at 1024x1024 costs seconds and no memory. (On the meta device attention dispatches
-to another kernel than on the CPU; the counts agree within a few percent.)"""
+"""Counted FLOPs of one UNet call and of one VAE decode, without weights: the model is built on the meta
+device, so even full-size SDXL at 1024x1024 costs seconds and no memory. (On the meta device attention
+dispatches to another kernel than on the CPU; the counts agree within a few percent.)"""
 
 from __future__ import annotations
 
@@ -33,4 +33,17 @@ def unet_flops(
     inputs = unet_inputs(config, count, batch, height // vae_scale, width // vae_scale, empty)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         unet(timestep=torch.tensor(500.0), **inputs)
+    return counter.get_total_flops()
+
+
+def decoder_flops(config: dict[str, Any], height: int, width: int, *, vae_scale: int = 8) -> int:
+    """FLOPs of one VAE decode of a ``height`` x ``width`` image (``config``: an ``AutoencoderKL``'s)."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL
+
+    with init_empty_weights():
+        vae = AutoencoderKL.from_config(config)  # on the meta device: shapes only, the count is the same in any dtype
+    latents = torch.empty(1, vae.config.latent_channels, height // vae_scale, width // vae_scale, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        vae.decode(latents)
     return counter.get_total_flops()

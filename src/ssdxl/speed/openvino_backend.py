@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +42,7 @@ DECODER_XML = "vae_decoder.xml"
 MANIFEST = "ssdxl-openvino.json"
 FORMAT = 1
 MAX_COMPILED_SHAPES = 2  # guided and unguided batch of one size; a new size evicts the oldest
+ABANDONED_AFTER_S = 6 * 3600  # a half-written export older than this belongs to a process that died
 INT8_MODES = ("full", "hybrid", "weights")  # ``export(int8=...)``: what NNCF quantizes
 # Layers ``full`` leaves unquantized, and SmoothQuant off: chosen on the built-in model's adherence (all attributes
 # right: 97% with NNCF's defaults, 99% so, 100% in bf16; docs/performance.md, INT8); a sliver of the work.
@@ -161,18 +164,21 @@ def export(
     converters: list[tuple[str, Callable[[], Any]]] = [
         (
             UNET_XML,
-            lambda: _int8(convert_unet(unet, components.family.time_ids, float32=bool(calibration)), int8, calibration),
+            lambda: quantize_int8(
+                convert_unet(unet, components.family.time_ids, float32=bool(calibration)), int8, calibration
+            ),
         )
     ]
     if decoder:
         converters.append(
             (
                 DECODER_XML,
-                lambda: _int8(convert_decoder(components.vae), "weights" if int8 == "weights" else None, None),
+                lambda: quantize_int8(convert_decoder(components.vae), "weights" if int8 == "weights" else None, None),
             )
         )
-    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    _remove_abandoned(folder)
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # threads of one process may export at once, too
+    partial = folder.with_name(f"{folder.name}.partial-{token}")
     partial.mkdir(parents=True)
     try:
         with _stages(len(converters), f"OpenVINO export of {components.name} (once)", progress) as advance:
@@ -184,7 +190,7 @@ def export(
         manifest = {"format": FORMAT, "model": components.name, "dtype": str(components.unet.dtype), "int8": int8}
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if replace or not is_exported(folder):  # else another process finished first: keep its export
-            old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+            old = folder.with_name(f"{folder.name}.old-{token}")
             if folder.exists():
                 os.replace(folder, old)
             os.replace(partial, folder)
@@ -192,6 +198,20 @@ def export(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return folder
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Deletes half-written exports of ``folder`` untouched for ``ABANDONED_AFTER_S`` (a process died exporting;
+    gigabytes each). Age, not pid: a cache folder may be shared by processes of other containers or hosts."""
+    if not folder.parent.is_dir():
+        return
+    for leftover in folder.parent.glob(f"{folder.name}.partial-*"):
+        try:
+            stale = time.time() - leftover.stat().st_mtime > ABANDONED_AFTER_S
+        except OSError:  # another process finished or removed it
+            continue
+        if stale:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 @contextmanager
@@ -248,8 +268,8 @@ def _float32_boundary(ov, model):
     return ppp.build()
 
 
-def _int8(model, mode: str | None, calibration: list[list[np.ndarray]] | None):
-    """``model`` quantized by NNCF as ``mode`` says (None: as it is)."""
+def quantize_int8(model, mode: str | None, calibration: list[list[np.ndarray]] | None):
+    """``model`` quantized by NNCF as ``mode`` says (None: as it is); ``calibration``: lists of its inputs."""
     if mode is None:
         return model
     try:

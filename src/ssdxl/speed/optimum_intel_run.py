@@ -33,7 +33,7 @@ Notes:
   text_encoder. Such folders are staged in a temporary folder (symlinks, plus a
   prefixed copy of those safetensors files) before the export; the names are
   recorded under "staged". Hub-format folders are exported as they are.
-* peak_rss_bytes is ru_maxrss of the whole process, so it includes the export
+* peak_rss_bytes is the process's VmHWM up to the timed runs, so it includes the export
   (the PyTorch weights are loaded in this process). inference_peak_rss_bytes is
   the peak over the timed runs, from VmHWM after resetting it (Linux
   clear_refs) once setup and the warm-up are done, or null.
@@ -49,21 +49,17 @@ Output JSON:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import importlib.metadata
 import json
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+if __package__:  # imported as ssdxl.speed.*, by the tests
+    from ssdxl.speed.baseline_process import fail, timed_runs
+else:  # run as a script in the baseline's own environment, without ssdxl: the file beside this one
+    from baseline_process import fail, timed_runs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -180,26 +176,6 @@ def stage_model(model_dir: Path, names: list, root: Path) -> Path:
             else:
                 target.symlink_to(f.resolve())
     return staged
-
-
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def vm_hwm_bytes():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def weight_types(ov_model) -> dict:
@@ -320,23 +296,7 @@ def main(argv=None) -> int:
         }
         return record, out.images[0]
 
-    run(min(2, args.steps))  # warm-up
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # hand freed export memory back to the OS first
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    have_hwm = reset_peak_rss()
-
-    runs = []
-    for r in range(args.repeats):
-        record, image = run(args.steps)
-        runs.append(record)
-        if r == 0:
-            image.save(args.image)
-        print(
-            f"run {r}: total {record['total']:.3f}s, text {record['text']:.3f}s, "
-            f"steps {sum(record['steps']):.3f}s, decode {record['decode']:.3f}s",
-            file=sys.stderr,
-        )
+    measured = timed_runs(run, args.steps, args.repeats, args.image)
 
     result = {
         "versions": versions(),
@@ -358,9 +318,7 @@ def main(argv=None) -> int:
         "setup_s": t3 - t0,
         "setup": setup,
         "staged": staged_names,
-        "runs": runs,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "inference_peak_rss_bytes": vm_hwm_bytes() if have_hwm else None,
+        **measured,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

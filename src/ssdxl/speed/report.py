@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-BASELINES = ("diffusers-fp32", "diffusers-bf16", "optimum-intel", "ssdxl-openvino")
+BASELINES = ("diffusers-fp32", "diffusers-bf16", "optimum-intel", "sdcpp", "ssdxl-openvino")  # sdcpp: its best
 GIB = 2**30
 
 
@@ -28,6 +28,10 @@ def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     model = result["model"]
     floor = model["unet_flops_per_step"] / result["matmul_flops_per_s"]["bf16"]["wall"]
+    paths = {p["name"]: p for p in result["paths"]}
+    if (sdcpp := fastest_sdcpp(result["paths"])) is not None:
+        paths["sdcpp"] = sdcpp
+    baselines = [b for b in BASELINES if (paths.get(b) or {}).get("stats")]  # columns for the baselines measured
     lines = [
         f"**{model['name']}**, {s['width']}x{s['height']}, {s['steps']} steps, guidance {s['guidance']}, "
         f"{s['repeats']} timed runs after a warm-up. UNet {model['unet_parameters'] / 1e9:.2f} B parameters, "
@@ -36,26 +40,33 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {machine_line(result)}.",
         "",
         "| path | text s | s/step median (min-max) | CPU s/step | x floor | decode s | total s | "
-        + " | ".join(f"x vs {b}" for b in BASELINES)
-        + " | peak RSS GiB | PSNR vs fp32 dB |",
-        "|---" * (10 + len(BASELINES)) + "|",
+        + "".join(f"x vs {b}" + (" (best)" if b == "sdcpp" else "") + " | " for b in baselines)
+        + "peak RSS GiB | PSNR vs fp32 dB |",
+        "|---" * (9 + len(baselines)) + "|",
     ]
-    paths = {p["name"]: p for p in result["paths"]}
     for p in result["paths"]:
         if not p["available"]:
-            lines.append(f"| {p['name']} | unavailable: {p['reason']} |" + " |" * (8 + len(BASELINES)))
+            lines.append(f"| {p['name']} | unavailable: {p['reason']} |" + " |" * (7 + len(baselines)))
             continue
         st = p["stats"]
         step = st["step"]
-        ratios = [_ratio(paths.get(b), p) for b in BASELINES]
+        ratios = [_ratio(paths[b], p) for b in baselines]
         lines.append(
             f"| {p['name']} | {st['text']['median']:.2f} | {step['median']:.2f} ({step['min']:.2f}-{step['max']:.2f})"
             f" | {_num(st['cpu_step'].get('median'))} | {p['x_floor']:.2f} | {st['decode']['median']:.2f}"
-            f" | {st['total']['median']:.2f} | " + " | ".join(ratios) + f" | {p['peak_rss_bytes'] / GIB:.1f}"
+            f" | {st['total']['median']:.2f} | "
+            + "".join(f"{r} | " for r in ratios)
+            + f"{p['peak_rss_bytes'] / GIB:.1f}"
             f" | {_num(p['psnr_vs_fp32_db'], 1)} |"
         )
     lines += ["", "Paths: " + "; ".join(f"`{p['name']}`: {p['description']}" for p in result["paths"]) + "."]
     return "\n".join(lines) + "\n"
+
+
+def fastest_sdcpp(paths: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """stable-diffusion.cpp's fastest measured weight type (``sdcpp-*`` path): the baseline it is compared as."""
+    measured = [p for p in paths if p["name"].startswith("sdcpp") and p.get("stats")]
+    return min(measured, key=lambda p: p["stats"]["total"]["median"], default=None)
 
 
 def _ratio(baseline: dict[str, Any] | None, path: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 
+from ssdxl.data.shapes import ShapesWorld
 from ssdxl.errors import UserError
 from ssdxl.models.components import Components
 from ssdxl.models.families import LatentFormat
@@ -138,7 +139,8 @@ def _train(cfg: TinyVAEConfig, resume: bool, ckpt: Path) -> Path:
     parts = load_components(cfg.model, dtype=torch.float32)
     source = _source(cfg, cfg.seed)
     buckets = _buckets(cfg, parts, source)
-    source = _source(cfg, cfg.seed, sizes=buckets)  # the shapes world drawn at the training sizes
+    if isinstance(source, ShapesWorld):
+        source = source.at(buckets)  # drawn at the training sizes
     count = min(cfg.scenes, len(source)) if hasattr(source, "__len__") else cfg.scenes  # type: ignore[arg-type]
     acc = make_accelerator(cfg.mixed_precision, 1)
     device = acc.device
