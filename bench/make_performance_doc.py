@@ -347,6 +347,12 @@ Kept (on by default in `ssdxl generate`; `--no-optimize` and `--backend torch` (
 
 - **bfloat16** on CPUs with AVX512-BF16 or AMX (the engine's precision policy, `ssdxl.sampling.precision`):
   the bf16 matmul rate above is about 4x float32's. PSNR against float32 stays above 40 dB.
+- **Reproducible float32 matrix products**: `MKL_CBWR=AUTO,STRICT`, set when `ssdxl` is imported (a user's own
+  setting wins). On Intel CPUs, MKL (PyTorch's float32 BLAS on x86) picks code paths by its operands' memory
+  alignment, so the same layer on the same numbers could round differently from call to call: on a Xeon with AMX
+  (2026-12-02) a LoRA taken off, or a weight copied, moved the base model's output by 1e-6. Strict mode makes equal
+  inputs give equal bits. Its cost is below this shared machine's noise: a guided float32 call of the full-size
+  Vega UNet at 512², 2 threads, median of 5 fresh processes alternating: 8.39 s without, 7.75 s with (load 1.7).
 - **channels-last** UNet and VAE (`ssdxl.speed.tuning`): `diffusers-bf16` and `ssdxl` above run the same
   bfloat16 modules, the latter in channels-last: UNet CPU-seconds per step and, above all, the VAE decode
   (oneDNN convolutions work in NHWC; NCHW costs a reorder around every convolution). A one-thread

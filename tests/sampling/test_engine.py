@@ -180,3 +180,27 @@ def test_request_params_round_trip(engine):
     fields = {f.name for f in dataclasses.fields(GenerationRequest)}
     again = GenerationRequest(**{k: v for k, v in params.items() if k in fields})
     assert np.array_equal(pixels(result), pixels(engine.generate(again)))
+
+
+def test_float32_products_repeat_their_bits_whatever_the_memory(tmp_path):
+    """On Intel CPUs MKL rounds by its operands' layout and alignment unless told to be strict, which ``import ssdxl``
+    does: the same layer with autograd on or off, with a copied weight or a contiguous input must give the same bits
+    (a LoRA taken off did not). Checked in a fresh process, since MKL reads the setting at its first call."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import ssdxl, torch\n"
+        "torch.manual_seed(0)\n"
+        "layer = torch.nn.Linear(128, 128)\n"
+        "x = torch.randn(2, 128, 4).transpose(1, 2)\n"  # a token view of channels, as diffusers' proj_in takes it
+        "ref = layer(x)\n"
+        "w, b, linear = layer.weight.detach().clone(), layer.bias.detach().clone(), torch.nn.functional.linear\n"
+        "with torch.no_grad():\n"
+        "    again = [layer(x), linear(x, w, b), linear(x.contiguous(), w, b)]\n"
+        "print(all(torch.equal(ref, c) for c in again))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "True"

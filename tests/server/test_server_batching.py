@@ -16,10 +16,10 @@ def req(**kw):
     return GenerationRequest(**{**base, **kw})
 
 
-def assert_same_as_alone(batched, alone):
+def assert_same_as_alone(batched, alone, levels: int = 2):
     # float32 on CPU: a batched UNet forward differs from single ones by ~1e-6, which can move a
-    # rounded 8-bit pixel by a level; bfloat16 is bit-identical (see test_bfloat16_batch_is_bit_identical).
-    assert np.abs(pixels(batched) - pixels(alone)).max() <= 2
+    # rounded 8-bit pixel by a level; bfloat16 on AMX CPUs by its coarser rounding, bit-identical elsewhere.
+    assert np.abs(pixels(batched) - pixels(alone)).max() <= levels
 
 
 @pytest.mark.parametrize("scheduler", ["Euler", "Euler a", "DPM++ 2M SDE"])
@@ -58,13 +58,25 @@ def test_base_to_refiner_handoff_batches_too(engine):
         assert_same_as_alone(result.images[0], engine.generate(request).images[0])
 
 
-def test_bfloat16_batch_is_bit_identical(tiny_dir):
+def amx() -> bool:
+    """Whether oneDNN runs bfloat16 on AMX here: its kernels block a batch of several images unlike a lone one."""
+    try:
+        return "amx_bf16" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+def test_bfloat16_batch_matches_each_image_alone(tiny_dir):
     from ssdxl.sampling.engine import Engine
 
     bf16 = Engine.load(tiny_dir("vega"), device="cpu", dtype="bfloat16")
     requests = [req(seed=s, scheduler="Euler a") for s in (1, 2, 3)]
     for result, request in zip(bf16.generate_batch(requests), requests, strict=True):
-        assert np.array_equal(pixels(result.images[0]), pixels(bf16.generate(request).images[0]))
+        alone = bf16.generate(request).images[0]
+        if amx():  # seen: up to 3 levels with 2 threads, a third of the pixels off by one (mean 0.3)
+            assert_same_as_alone(result.images[0], alone, levels=4)
+        else:  # AVX512-BF16 and AVX2 kernels compute each image of a batch as they compute it alone
+            assert np.array_equal(pixels(result.images[0]), pixels(alone))
 
 
 def test_incompatible_requests_are_refused(engine):

@@ -8,9 +8,9 @@ refiner when asked), decodes and checks the pixels are finite.
 ``Engine.generate_batch`` runs several compatible requests (equal ``Engine.batch_key``) through
 the UNet as one batch, for a server with concurrent clients. Every image keeps its own CPU
 generator for the initial and the per-step noise, so it is the image its request gives alone:
-bit for bit where the backend's batched kernels match single ones (bfloat16 on CPU), within float
-rounding otherwise (float32 on CPU differs by ~1e-6 in the latents, at most a level or two of
-the 8-bit pixels).
+bit for bit where the backend's batched kernels match single ones (bfloat16 on CPUs without AMX),
+within float rounding otherwise (float32 on CPU differs by ~1e-6 in the latents, bfloat16 on AMX by
+its kernels' blocking; at most a level or two of the 8-bit pixels).
 """
 
 from __future__ import annotations
