@@ -60,10 +60,9 @@ def test_base_to_refiner_handoff_batches_too(engine):
 
 def amx() -> bool:
     """Whether oneDNN runs bfloat16 on AMX here: its kernels block a batch of several images unlike a lone one."""
-    try:
-        return "amx_bf16" in open("/proc/cpuinfo").read()
-    except OSError:
-        return False
+    from ssdxl.sampling.precision import cpu_flags
+
+    return "amx_bf16" in cpu_flags()
 
 
 def test_bfloat16_batch_matches_each_image_alone(tiny_dir):

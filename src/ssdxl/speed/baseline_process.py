@@ -38,6 +38,14 @@ def vm_hwm_bytes() -> int | None:
     return None
 
 
+def release_memory() -> None:
+    """Hand freed memory back to the system: glibc keeps the pages of freed tensors in its heap, where another
+    process (a baseline's) cannot have them, and where they count in this one's resident size."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def timed_runs(
     run: Callable[[int], tuple[dict[str, Any], Any]], steps: int, repeats: int, image: str
 ) -> dict[str, Any]:
@@ -45,9 +53,7 @@ def timed_runs(
     record and its picture (the first timed one is saved to ``image``). Returns the result JSON's ``runs``,
     ``peak_rss_bytes`` (setup and warm-up included) and ``inference_peak_rss_bytes`` (the timed runs alone)."""
     run(min(2, steps))
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # hand freed setup memory back to the OS first
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_memory()  # setup's freed memory back to the OS before the timed runs' peak is counted
     peak_rss = vm_hwm_bytes()
     have_hwm = reset_peak_rss()
     runs = []

@@ -12,10 +12,7 @@ per-stage wall and CPU time, peak memory, and the image's PSNR against float32 d
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
-import gc
 import itertools
 import json
 import math
@@ -35,6 +32,7 @@ from PIL import Image
 from ssdxl.models.components import Components
 from ssdxl.sampling.precision import pick_dtype
 from ssdxl.speed import machine, openvino_backend, threads
+from ssdxl.speed.baseline_process import release_memory
 from ssdxl.speed.flops import unet_flops
 from ssdxl.speed.runtime import Runtime
 from ssdxl.speed.timing import Mark, PeakMemory, summary
@@ -177,7 +175,7 @@ def _time_paths(
             result = PathResult(name, PATHS[name])
             log(f"{name}: {result.description}")
             run_once = None  # the last path's engine and compiled models go before this one sets up its own
-            _release_memory()
+            release_memory()
             try:
                 run_once = runners[name](result)
             except _Unavailable as exc:
@@ -228,14 +226,6 @@ def psnr(reference: Image.Image, image: Image.Image) -> float:
     b = np.asarray(image.convert("RGB"), dtype=np.float64)
     mse = float(np.mean((a - b) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def _release_memory() -> None:
-    """Hand freed memory back to the system: glibc keeps the pages of freed tensors in its heap, where another
-    process (a baseline's) cannot have them."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _baseline_python(given: str | None, name: str, package: str) -> str:
@@ -313,7 +303,7 @@ def _runners(components: Components, settings: Settings, scratch: Path) -> dict[
             # Nothing after these paths needs the weights but as that file: this process lets them go, as a
             # full-size SDXL in both processes would not fit in 24 GB.
             components.to("meta", torch.float16)
-            _release_memory()
+            release_memory()
             return _run_sdcpp(python, model, wtype, settings, result)
 
         return setup
